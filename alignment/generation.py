@@ -1,0 +1,217 @@
+"""Text generation for every tab: many chats at once with n responses each, or one chat streamed.
+
+Batches are left-padded and sorted by length so little compute goes to padding; the KV cache is on; the seed
+makes sampling reproducible. A chat is a list of ``{"role": ..., "content": ...}`` messages formatted with the
+model's own chat template.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from alignment.settings import SettingsError, validate_range
+
+Chat = list[dict[str, str]]
+
+MAX_NEW_TOKENS_CAP = 2048
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised when ``should_stop`` asked generation to stop; partial results are attached."""
+
+    def __init__(self, done: int, total: int, partial: list[list[Generation]] | None = None):
+        super().__init__(f"Generation cancelled after {done} of {total} chats.")
+        self.done, self.total, self.partial = done, total, partial or []
+
+
+@dataclass
+class SamplingSettings:
+    """Sampling settings shared by the playground, pair generation, red-teaming and compare."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens to generate per response."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample (True) or greedy decoding (False)."})
+    temperature: float = field(default=0.7, metadata={"help": "Higher is more random; ignored when greedy."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling: keep the smallest set of tokens "
+                                                     "whose probability sums to top_p."})
+    top_k: int = field(default=50, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
+    repetition_penalty: float = field(default=1.1, metadata={"help": "Above 1 discourages repeating tokens."})
+    seed: int | None = field(default=None, metadata={"help": "Random seed; the same seed gives the same text."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message put first."})
+
+    def __post_init__(self) -> None:
+        validate_range("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_CAP)
+        validate_range("temperature", self.temperature, 0, 5, low_inclusive=False)
+        validate_range("top_p", self.top_p, 0, 1, low_inclusive=False)
+        validate_range("top_k", self.top_k, 0)
+        validate_range("repetition_penalty", self.repetition_penalty, 0.5, 3)
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise SettingsError(f"seed must be a whole number, got {self.seed!r}.")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            # Explicit neutral values so a model's generation_config cannot switch sampling back on.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int
+    finished: bool  # True when the model stopped at EOS rather than at max_new_tokens
+
+
+def _unwrap(loaded: Any) -> tuple[Any, Any, Any]:
+    lock = getattr(loaded, "lock", None) or threading.RLock()
+    return loaded.model, loaded.tokenizer, lock
+
+
+def with_system(chat: Chat, system_prompt: str | None) -> Chat:
+    if not system_prompt or (chat and chat[0].get("role") == "system"):
+        return list(chat)
+    return [{"role": "system", "content": system_prompt}, *chat]
+
+
+def format_chat(tokenizer: Any, chat: Chat) -> str:
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _seed_everything(seed: int | None) -> None:
+    if seed is None:
+        return
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def generate(
+    loaded: Any,
+    chats: Sequence[Chat],
+    settings: SamplingSettings | None = None,
+    n: int = 1,
+    batch_size: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[list[Generation]]:
+    """Generate ``n`` responses for each chat. Returns one list of ``n`` Generations per chat, in input order.
+
+    ``batch_size`` counts chats per forward pass (each chat expands to ``n`` sequences). ``on_progress(done,
+    total)`` is called after every batch; ``should_stop()`` is checked between batches.
+    """
+    import torch
+
+    settings = settings or SamplingSettings()
+    if n < 1:
+        raise SettingsError("n must be at least 1.")
+    if not settings.do_sample and n > 1:
+        raise SettingsError("Greedy decoding gives the same text every time: turn sampling on for n > 1.")
+    model, tokenizer, lock = _unwrap(loaded)
+    texts = [format_chat(tokenizer, with_system(chat, settings.system_prompt)) for chat in chats]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    results: list[list[Generation] | None] = [None] * len(texts)
+    eos_ids = set(_eos_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    done = 0
+    with lock, torch.inference_mode():
+        _seed_everything(settings.seed)
+        for start in range(0, len(order), max(1, batch_size)):
+            if should_stop and should_stop():
+                partial = [r for r in results if r is not None]
+                raise GenerationCancelled(done, len(texts), partial)
+            batch_idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in batch_idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out = model.generate(
+                **enc,
+                **settings.generate_kwargs(),
+                num_return_sequences=n,
+                eos_token_id=list(eos_ids),
+                pad_token_id=pad_id,
+            )
+            new_tokens = out[:, enc["input_ids"].shape[1]:]
+            for row, seq in enumerate(new_tokens):
+                ids = seq.tolist()
+                finished = False
+                count = len(ids)
+                for pos, tok in enumerate(ids):
+                    if tok in eos_ids:
+                        count, finished = pos + 1, True
+                        break
+                text = tokenizer.decode(ids[:count], skip_special_tokens=True).strip()
+                chat_i = batch_idx[row // n]
+                if results[chat_i] is None:
+                    results[chat_i] = []
+                results[chat_i].append(Generation(text=text, tokens=count, finished=finished))
+            done += len(batch_idx)
+            if on_progress:
+                on_progress(done, len(texts))
+    return [r or [] for r in results]
+
+
+def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = None) -> Iterator[str]:
+    """Yield the growing response text for one chat as tokens arrive."""
+    from transformers import TextIteratorStreamer
+
+    settings = settings or SamplingSettings()
+    model, tokenizer, lock = _unwrap(loaded)
+    text = format_chat(tokenizer, with_system(chat, settings.system_prompt))
+    device = next(model.parameters()).device
+    enc = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+    error: list[BaseException] = []
+
+    def run() -> None:
+        import torch
+
+        try:
+            with lock, torch.inference_mode():
+                _seed_everything(settings.seed)
+                model.generate(**enc, **settings.generate_kwargs(), streamer=streamer,
+                               eos_token_id=_eos_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+        except BaseException as exc:  # surfaced to the caller below
+            error.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    answer = ""
+    for piece in streamer:
+        answer += piece
+        yield answer.strip()
+    thread.join()
+    if error:
+        raise error[0]
+
+
+def tokens_per_second(generations: list[list[Generation]], seconds: float) -> float:
+    total = sum(g.tokens for gens in generations for g in gens)
+    return total / seconds if seconds > 0 else 0.0
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
