@@ -1,0 +1,324 @@
+"""Memory planner for a DPO run: will it fit, and if not, what to change.
+
+``estimate(model_or_config, train_config, budget_bytes)`` adds up weights, LoRA parameters, gradients, AdamW
+state, saved activations (with and without gradient checkpointing), the log-prob projection and the reference
+forward, and returns a :class:`MemoryPlan`. When the total exceeds the budget, the plan carries a concrete
+suggestion found by searching smaller max_length / batch size, gradient checkpointing and 4-bit weights.
+
+How TRL 1.16 spends memory (read from trl/trainer/dpo_trainer.py):
+- chosen and rejected are concatenated into one batch of 2 × batch size sequences for a single forward;
+- with a peft model and no ref_model, the reference is the same weights with the adapter disabled, run under
+  no_grad after the policy forward, so it costs a transient, not a second copy of the weights; reference
+  log-probs are NOT precomputed unless precompute_ref_log_probs is set (we leave it off);
+- full fine-tuning (lora_r 0) loads a second model as the reference;
+- log-probs come from a fused, chunked LM head (32768 tokens per chunk), so the (tokens × vocab) logits exist
+  only one chunk at a time.
+
+Constants were calibrated on CPU against measured peak RSS (benchmarks/bench_memory.py, docs/TRAINING.md).
+Try it: ``python -m alignment.memory --config recipes/t4-qlora.yaml --memory-budget 15GB``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from alignment.settings import SettingsError
+from alignment.train_config import TrainConfig
+
+GIB = 2**30
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+# Bytes per parameter of bitsandbytes NF4 with double quantisation (4 bits + ~0.127 bits of constants).
+_NF4_BYTES = 0.5 + 0.127 / 8
+# TRL's _CHUNKED_LOGPROB_CHUNK_SIZE: tokens projected through the LM head at once.
+_LOGPROB_CHUNK = 32768
+# Saved activations of one decoder layer, per token, in units of hidden size (H) and intermediate size (I):
+# norms, q/k/v/o inputs and outputs, attention output, residuals (~10 H) and the MLP's gate/up/act/product (4 I).
+_ACT_H, _ACT_I = 10.0, 4.0
+# LoRA keeps the dropout output of each adapted input alive for backward (q,k,v,o,gate,up ~ 6 H, down ~ 1 I).
+_LORA_ACT_H, _LORA_ACT_I = 6.0, 1.0
+# The chunked log-prob kernel holds logits and their softmax for a chunk (~2 copies in float32).
+_LOGITS_COPIES = 2.0
+# Allocator slack on top of the tensors we count.
+_FRAGMENTATION = 0.10
+_CUDA_CONTEXT = 600 * 2**20
+
+
+class MemoryBudgetError(SettingsError):
+    """A memory budget string could not be read."""
+
+
+def parse_size(text: str | int | float) -> int:
+    """'15GB', '15 GiB', '800MB', '1.5g', 2e9 -> bytes. GB is 10^9, GiB is 2^30."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise MemoryBudgetError(f"memory budget {text} must be positive.")
+        return int(text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise MemoryBudgetError(f"memory budget {text!r} is not a size; write it like 15GB, 12GiB or 800MB.")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise MemoryBudgetError(f"memory budget {text!r} must be positive.")
+    return int(value)
+
+
+def format_size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class ModelShape:
+    """The numbers the planner needs from a model config."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    tied_embeddings: bool
+    total_params: int = 0
+    linear_shapes: list[tuple[str, int, int]] = field(default_factory=list)  # (module name, in, out) per layer
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden_size // self.num_heads * self.num_kv_heads
+
+
+def shape_of(model_or_config: Any) -> ModelShape:
+    """Read a transformers config, a model (or peft model) or a LoadedModel."""
+    model = getattr(model_or_config, "model", model_or_config)
+    config = getattr(model, "config", model_or_config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        h, i, n = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+        heads, vocab = text.num_attention_heads, text.vocab_size
+    except AttributeError as exc:
+        raise SettingsError(f"The memory planner needs a decoder config with hidden_size, intermediate_size, "
+                            f"num_hidden_layers, num_attention_heads and vocab_size ({exc}).") from exc
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    tied = bool(getattr(text, "tie_word_embeddings", getattr(config, "tie_word_embeddings", True)))
+    shape = ModelShape(h, i, n, heads, kv, vocab, tied)
+    kv_dim = shape.kv_dim
+    shape.linear_shapes = [("q_proj", h, h), ("k_proj", h, kv_dim), ("v_proj", h, kv_dim), ("o_proj", h, h),
+                           ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
+    if hasattr(model, "parameters") and callable(model.parameters):
+        shape.total_params = sum(p.numel() for p in model.parameters())
+    else:
+        per_layer = sum(a * b for _, a, b in shape.linear_shapes) + 2 * h
+        shape.total_params = n * per_layer + vocab * h * (1 if tied else 2) + h
+    return shape
+
+
+@dataclass
+class MemoryPlan:
+    """The estimate: total, its parts, whether it fits, and what to change when it does not."""
+
+    total_bytes: int
+    parts: dict[str, int]
+    budget_bytes: int
+    device: str
+    fits: bool
+    suggestion: str | None = None
+
+    def describe(self) -> str:
+        lines = [f"Estimated peak memory {format_size(self.total_bytes)} of {format_size(self.budget_bytes)} "
+                 f"on {self.device}: {'fits' if self.fits else 'does NOT fit'}."]
+        lines += [f"  {name:<20} {format_size(size)}" for name, size in self.parts.items()]
+        if self.suggestion:
+            lines.append(self.suggestion)
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total_bytes": self.total_bytes, "parts": dict(self.parts), "budget_bytes": self.budget_bytes,
+                "device": self.device, "fits": self.fits, "suggestion": self.suggestion}
+
+
+def _dtype_bytes(config: TrainConfig, device: str) -> int:
+    precision = config.precision
+    if precision == "auto":
+        precision = "fp32" if not device.startswith("cuda") else "half"
+    return 4 if precision == "fp32" else 2
+
+
+def _lora_params(shape: ModelShape, config: TrainConfig) -> int:
+    targets = config.target_modules()
+    per_layer = 0
+    for name, fan_in, fan_out in shape.linear_shapes:
+        if targets == "all-linear" or any(name == t or name.endswith(t) for t in targets):
+            per_layer += config.lora_r * (fan_in + fan_out)
+    return per_layer * shape.num_layers
+
+
+def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: int | None) -> dict[str, int]:
+    weight_bytes = _dtype_bytes(config, device)
+    h, i, n_layers, vocab = shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.vocab_size
+    embed_params = vocab * h * (1 if shape.tied_embeddings else 2)
+    body_params = max(0, shape.total_params - embed_params)
+    lora = config.lora_r > 0
+    if config.load_in_4bit:
+        # bitsandbytes quantises the decoder's linear layers; embeddings, head and norms stay in compute dtype.
+        weights = body_params * _NF4_BYTES + embed_params * weight_bytes
+    else:
+        weights = shape.total_params * weight_bytes
+
+    trainable = _lora_params(shape, config) if lora else shape.total_params
+    # peft keeps adapters in float32 (TRL casts them to bf16 on 4-bit models; we keep the safer upper bound).
+    trainable_bytes = 4 if lora else weight_bytes
+    lora_params = trainable * trainable_bytes if lora else 0
+    grads = trainable * trainable_bytes
+    optimizer = trainable * 8  # AdamW: two float32 moments per trainable parameter
+    # Full fine-tuning: TRL loads a second, frozen copy of the model as the reference.
+    reference_weights = 0 if lora else weights
+
+    seq = config.max_length or 1024
+    if tokens_per_seq is not None:
+        seq = min(seq, tokens_per_seq)
+    sequences = 2 * config.per_device_train_batch_size  # chosen + rejected in one concatenated forward
+    tokens = sequences * seq
+    act_bytes = weight_bytes if config.precision != "auto" or device.startswith("cuda") else 4
+    per_token_layer = (_ACT_H * h + _ACT_I * i) * act_bytes
+    if lora:
+        per_token_layer += (_LORA_ACT_H * h + _LORA_ACT_I * i) * act_bytes
+    if config.gradient_checkpointing:
+        # Only each layer's input is kept; one layer is recomputed (with its full activations) at a time.
+        activations = tokens * (n_layers * h * act_bytes + per_token_layer)
+    else:
+        activations = tokens * n_layers * per_token_layer
+    activations += tokens * h * act_bytes * 2  # embeddings output and final norm
+    logits = min(tokens, _LOGPROB_CHUNK) * vocab * 4 * _LOGITS_COPIES
+    # The reference forward runs after the policy forward, under no_grad: a transient of one layer plus logits.
+    reference = reference_weights + logits + tokens * per_token_layer
+    parts = {
+        "weights": int(weights),
+        "lora_params": int(lora_params),
+        "grads": int(grads),
+        "optimizer": int(optimizer),
+        "activations": int(activations),
+        "logits": int(logits),
+        "reference_forward": int(reference),
+    }
+    subtotal = sum(parts.values())
+    parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if device.startswith("cuda") else 0))
+    return parts
+
+
+def default_budget(device: str) -> int:
+    """CUDA: the GPU's total memory. CPU: the system memory available right now."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return int(torch.cuda.get_device_properties(index).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate(model_or_config: Any, config: TrainConfig, budget_bytes: int | None = None,
+             device: str | None = None, tokens_per_seq: int | None = None) -> MemoryPlan:
+    """Estimate peak memory of one DPO training step. ``tokens_per_seq``: the longest tokenised pair, if known
+    (padding goes to the longest sequence in a batch, so short data never reaches max_length)."""
+    shape = model_or_config if isinstance(model_or_config, ModelShape) else shape_of(model_or_config)
+    device = device or config.resolved_device()
+    budget = int(budget_bytes) if budget_bytes else default_budget(device)
+    parts = _parts(shape, config, device, tokens_per_seq)
+    total = sum(parts.values())
+    fits = total <= budget
+    suggestion = None if fits else suggest(shape, config, budget, device, tokens_per_seq)
+    return MemoryPlan(total_bytes=int(total), parts=parts, budget_bytes=budget, device=device, fits=fits,
+                      suggestion=suggestion)
+
+
+def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
+            tokens_per_seq: int | None = None) -> str:
+    """Search the cheapest set of changes that fits; say it in recipe terms."""
+    current_len = config.max_length or 1024
+    lengths = [current_len] + [v for v in (2048, 1024, 768, 512, 384, 256, 128) if v < current_len]
+    batches = [config.per_device_train_batch_size] + [
+        b for b in (8, 4, 2, 1) if b < config.per_device_train_batch_size]
+    checkpointing = [config.gradient_checkpointing] + ([True] if not config.gradient_checkpointing else [])
+    four_bit = [config.load_in_4bit] + (
+        [True] if not config.load_in_4bit and config.lora_r > 0 and device.startswith("cuda") else [])
+    effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    options = []
+    for length, batch, ckpt, q4 in itertools.product(lengths, batches, checkpointing, four_bit):
+        candidate = replace(config, max_length=length, per_device_train_batch_size=batch,
+                            gradient_accumulation_steps=max(1, math.ceil(effective / batch)),
+                            gradient_checkpointing=ckpt, load_in_4bit=q4, merge_after=False)
+        total = sum(_parts(shape, candidate, device, tokens_per_seq).values())
+        if total <= budget:
+            changes = (length != current_len) + (batch != config.per_device_train_batch_size) + \
+                      (ckpt != config.gradient_checkpointing) + (q4 != config.load_in_4bit)
+            # Prefer few changes, then keeping long sequences, then bigger batches.
+            options.append(((changes, -length, -batch), candidate, total))
+    if not options:
+        smallest = replace(config, max_length=128, per_device_train_batch_size=1, gradient_checkpointing=True,
+                           load_in_4bit=config.load_in_4bit or (config.lora_r > 0 and device.startswith("cuda")),
+                           merge_after=False)
+        need = sum(_parts(shape, smallest, device, tokens_per_seq).values())
+        return (f"Even with max_length 128, batch size 1, gradient checkpointing and 4-bit this needs "
+                f"{format_size(need)} of {format_size(budget)}: use a smaller model"
+                + (" or LoRA (lora_r > 0)" if config.lora_r == 0 else "") + ".")
+    options.sort(key=lambda item: item[0])
+    # Offer the best option plus one alternative that changes something else, e.g. "max_length 512 or batch 1".
+    best = options[0]
+    alternatives = [best] + [o for o in options[1:] if o[0][0] == best[0][0] and
+                             _changes(config, o[1]) != _changes(config, best[1])][:1]
+    phrases = [" and ".join(_changes(config, cand)) + f" (~{format_size(total)})" for _, cand, total in alternatives]
+    return f"To fit in {format_size(budget)}: set " + ", or ".join(phrases) + "."
+
+
+def _changes(config: TrainConfig, candidate: TrainConfig) -> list[str]:
+    out = []
+    if candidate.max_length != config.max_length:
+        out.append(f"max_length {candidate.max_length}")
+    if candidate.per_device_train_batch_size != config.per_device_train_batch_size:
+        out.append(f"per_device_train_batch_size {candidate.per_device_train_batch_size} "
+                   f"(gradient_accumulation_steps {candidate.gradient_accumulation_steps} keeps the effective batch)")
+    if candidate.gradient_checkpointing != config.gradient_checkpointing:
+        out.append("gradient_checkpointing true")
+    if candidate.load_in_4bit != config.load_in_4bit:
+        out.append("load_in_4bit true")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from transformers import AutoConfig
+
+    from alignment.models import ModelLoadError, resolve_source
+    from alignment.train_config import load_train_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="Recipe YAML (recipes/*.yaml).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--memory-budget", default=None, help="e.g. 15GB; default: the device's memory.")
+    parser.add_argument("--device", default=None, help="Plan for this device (cpu, cuda) instead of this machine's.")
+    args = parser.parse_args(argv)
+    try:
+        config = load_train_config(args.config, args.overrides)
+        source, _ = resolve_source(config.model)
+        model_config = AutoConfig.from_pretrained(source)
+        device = args.device or config.resolved_device()
+        budget = parse_size(args.memory_budget) if args.memory_budget else None
+        if budget is None and device.startswith("cuda") and not config.resolved_device().startswith("cuda"):
+            raise SettingsError("Planning for CUDA on a machine without one: give --memory-budget (e.g. 15GB).")
+        plan = estimate(model_config, config, budget, device=device)
+    except (SettingsError, ModelLoadError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.describe())
+    return 0 if plan.fits else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
