@@ -1,0 +1,120 @@
+"""The one place the app keeps its loaded models and LoRA adapters.
+
+The aligned model is the base with a LoRA adapter; the base is the same weights with the adapter disabled, so
+base and aligned share one copy of the weights. ``build_demo()`` makes one :class:`ModelRegistry`; nothing here
+is module-level state. Generation on a side goes through :meth:`ModelRegistry.side`, which holds the model's
+lock so a toggle in one request can never change the weights under another request's generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alignment.models import LoadedModel, LoadSettings, ModelLoadError, load_model
+
+BASE = "base"
+
+
+@dataclass
+class SideView:
+    """What ``generate``/``stream_chat`` need for one side: model, tokenizer and a lock already held."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    lock: Any = contextlib.nullcontext()
+
+
+def adapter_base_model(adapter_dir: str | Path) -> str | None:
+    import json
+
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+
+
+class ModelRegistry:
+    """Holds the base model and any adapters loaded onto it; thread-safe."""
+
+    def __init__(self, settings: LoadSettings | None = None, loaded: LoadedModel | None = None):
+        self._settings = settings or LoadSettings()
+        self._loaded = loaded
+        self._adapters: dict[str, str] = {}  # adapter name -> folder
+        self._lock = threading.RLock()
+
+    @property
+    def loaded(self) -> LoadedModel:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_model(self._settings)
+            return self._loaded
+
+    @property
+    def model_name(self) -> str:
+        return self._loaded.name if self._loaded else self._settings.model
+
+    def replace_base(self, settings: LoadSettings) -> LoadedModel:
+        """Load another base model; adapters trained for the old one are dropped."""
+        new = load_model(settings)
+        with self._lock:
+            self._settings, self._loaded, self._adapters = settings, new, {}
+        return new
+
+    def adapters(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._adapters)
+
+    def sides(self) -> list[str]:
+        return [BASE, *self.adapters()]
+
+    def load_adapter(self, path: str | Path, name: str | None = None) -> str:
+        """Load a LoRA adapter folder (or Hub id) onto the base weights; returns its name."""
+        from peft import PeftModel
+
+        path = str(path)
+        local = Path(path)
+        if local.exists() and not (local / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{path} has no adapter_config.json: pick the adapter/ folder of a training run.")
+        name = name or (local.parent.name if local.name == "adapter" else local.name) or "aligned"
+        name = name.replace(".", "_")  # peft module names may not contain dots
+        loaded = self.loaded
+        with loaded.lock, self._lock:
+            if name in self._adapters:
+                if self._adapters[name] == path:
+                    return name
+                name = f"{name}_{len(self._adapters)}"
+            try:
+                if isinstance(loaded.model, PeftModel):
+                    loaded.model.load_adapter(path, adapter_name=name)
+                else:
+                    loaded.model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise ModelLoadError(
+                    f"Could not load adapter {path!r} onto {loaded.name}: {str(exc).splitlines()[0]}. "
+                    "An adapter only loads onto the base model it was trained from."
+                ) from exc
+            loaded.model.eval()
+            self._adapters[name] = path
+        return name
+
+    @contextlib.contextmanager
+    def side(self, name: str = BASE) -> Iterator[SideView]:
+        """Hold the weights in one configuration (base, or an adapter enabled) for the duration."""
+        loaded = self.loaded
+        with loaded.lock:
+            model = loaded.model
+            if name == BASE:
+                ctx = model.disable_adapter() if self._adapters else contextlib.nullcontext()
+                with ctx:
+                    yield SideView(model=model, tokenizer=loaded.tokenizer, name=BASE)
+                return
+            if name not in self._adapters:
+                raise ModelLoadError(f"No adapter named {name!r} is loaded. Loaded: {', '.join(self.sides())}.")
+            model.set_adapter(name)
+            yield SideView(model=model, tokenizer=loaded.tokenizer, name=name)
