@@ -100,8 +100,9 @@ class HubState:
 
 class HubError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
+        self.extra = extra or {}
         self.status = status
         self.message = message
         self.code = code
@@ -110,7 +111,7 @@ class HubError(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "HubServer"
+    server: HubServer
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output quiet
         return
@@ -147,7 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         if error.code:
             headers["X-Error-Code"] = error.code
         headers.update(error.headers)
-        self._send(error.status, json.dumps({"error": error.message}).encode(), headers, head_only=head_only)
+        body = json.dumps({"error": error.message, **error.extra}).encode()
+        self._send(error.status, body, headers, head_only=head_only)
 
     def _token(self) -> Token | None:
         """The caller's token; an unknown token is refused outright, as the Hub does."""
@@ -246,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = self.server.endpoint + ("" if repo_type == "model" else f"/{repo_type}s") + f"/{repo_id}"
         with self.state.lock:
             if self.state.find(repo_type, repo_id) is not None:
-                raise HubError(409, f"You already created this {repo_type} repo: {repo_id}")
+                raise HubError(409, f"You already created this {repo_type} repo", extra={"url": url})
             now = _now()
             repo = Repo(repo_type, repo_id, private, now)
             repo.commits.append(Commit(_oid(repo_id, "initial", now), "initial commit", now, {
@@ -466,7 +468,7 @@ class HubServer(ThreadingHTTPServer):
         self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._thread = threading.Thread(target=self.serve_forever, name="hub-server", daemon=True)
         self._thread.start()
         return self
