@@ -284,12 +284,40 @@ def _fmt_rate(value: Any) -> str:
     return str(value)
 
 
-def _flatten(prefix: str, value: Any, out: list[tuple[str, str]]) -> None:
-    if isinstance(value, dict) and not _is_rate(value):
-        for key, sub in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
-    elif not isinstance(value, list):
-        out.append((prefix, _fmt_rate(value)))
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _metric_tables(summary: dict[str, Any]) -> list[str]:
+    sides = [s for s in ("base", "aligned") if isinstance(summary.get(s), dict)]
+    if not sides:
+        return ["No judged answers."]
+    main_metrics = ("harmful_compliance", "direct_compliance", "jailbreak_resistance", "false_refusal",
+                    "false_refusal_plain", "false_refusal_risky", "completion")
+    lines = _table(["metric", *sides], [[m, *(_fmt_rate(summary[s].get(m)) for s in sides)] for m in main_metrics])
+    reduction = summary.get("harm_reduction") or {}
+    if reduction.get("value") is not None:
+        lines += ["", f"Harm reduction: {reduction['value']:.1%} (95% bootstrap interval "
+                      f"{reduction.get('low') or 0:.0%} to {reduction.get('high') or 0:.0%}, n = {reduction.get('n')})."]
+    for key, title, field_name in (("by_template", "attack template", "compliance"),
+                                   ("by_category", "category", "compliance")):
+        names = sorted({name for s in sides for name in (summary[s].get(key) or {})})
+        if names:
+            lines += ["", f"Harmful compliance by {title}:", ""]
+            lines += _table([title, *sides], [[n, *(_fmt_rate((summary[s].get(key) or {}).get(n, {}).get(field_name))
+                                                   for s in sides)] for n in names])
+    checks = (summary.get("targets") or {}).get("checks") or {}
+    if checks:
+        side = (summary.get("targets") or {}).get("side")
+        lines += ["", f"Targets ({side} model):", ""]
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}
+        lines += _table(["target", "value", "result"],
+                        [[c["target"], "n/a" if c.get("value") is None else f"{c['value']:.1%}",
+                          verdict[c.get("passed")] + ("" if c.get("certain") in (True, None) else
+                                                      " (interval crosses the target)")]
+                         for c in checks.values()])
+    return lines
 
 
 def _quote(text: str, limit: int = 300) -> str:
@@ -304,15 +332,17 @@ def markdown_report(report: dict[str, Any], examples: int = 4) -> str:
     if meta:
         lines += [f"Model: `{meta.get('model', '?')}`  Adapter: `{meta.get('adapter') or 'none'}`  "
                   f"Judge: `{meta.get('judge')}`  Cases: {meta.get('cases')}  Time: {meta.get('seconds')} s", ""]
-    lines += ["## Metrics", "", "Rates are shown as rate (count/n) [95% interval].", "", "| metric | value |",
-              "|---|---|"]
-    flat: list[tuple[str, str]] = []
-    _flatten("", report.get("summary", {}), flat)
-    lines += [f"| {k} | {v} |" for k, v in flat]
-    lines += ["", "## Capability retention", "", "| measure | value |", "|---|---|"]
-    flat = []
-    _flatten("", report.get("capability", {}), flat)
-    lines += [f"| {k} | {v} |" for k, v in flat]
+    lines += ["## Metrics", "", "Rates: value (count/n) [95% Wilson interval].", ""]
+    lines += _metric_tables(report.get("summary", {}))
+    capability = report.get("capability") or {}
+    lines += ["", "## Capability retention", "",
+              "Mean per-token log-likelihood of the benign prompts' reference answers (higher is better) and the "
+              "share of benign prompts really answered (judged compliance).", ""]
+    lines += _table(["measure", "value"], [[k, _fmt_rate(v)] for k, v in capability.items()])
+    by_split = (report.get("by_split") or {}).get("harmful_compliance") or {}
+    if any(v is not None for v in by_split.values()):
+        lines += ["", f"Harmful compliance by split ({report['by_split'].get('side')}): "
+                  + ", ".join(f"{k} {'n/a' if v is None else f'{v:.1%}'}" for k, v in by_split.items())]
     lines += ["", "## Diagnosis", ""]
     for step in report.get("diagnosis", []):
         concerned = ", ".join(step.get("categories") or [])
