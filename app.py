@@ -17,8 +17,9 @@ import gradio as gr
 from alignment.models import LoadSettings, ModelLoadError
 from alignment.registry import ModelRegistry
 from alignment.settings import SettingsError
-from ui import playground
+from ui import label, playground
 from ui.context import AppContext
+from ui.shortcuts import LAUNCH_JS
 
 TITLE = "Align Studio"
 INTRO = (
@@ -26,7 +27,7 @@ INTRO = (
     "stays helpful*: chat with it, label which of two answers is better, train with DPO, red-team, compare."
 )
 # (tab title, module) in the order users meet them; a tab is listed only once it exists.
-TABS = [("Playground", playground)]
+TABS = [("Playground", playground), ("Label", label)]
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -46,16 +47,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Address to listen on (0.0.0.0 to accept other machines; Spaces sets this).")
     parser.add_argument("--port", type=int, default=int(env("PORT", "7860") or 7860))
     parser.add_argument("--share", action="store_true", help="Open a public gradio.live link (Colab).")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="Require sign-in; repeat for several users. Or --auth-file with one user:pass a line.")
+    parser.add_argument("--auth-file", default=env("AUTH_FILE"), help="File of user:pass lines.")
+    parser.add_argument("--admins", default=env("ADMINS", ""),
+                        help="Comma-separated user names allowed to train, push, generate, load models and edit "
+                        "guidelines. On a Space the owner is always an admin.")
+    parser.add_argument("--labels-per-pair", type=int, default=int(env("LABELS_PER_PAIR", "1") or 1),
+                        help="How many different labelers each pair goes to (k).")
     parser.add_argument("--lazy", action="store_true",
                         help="Load the model on first use instead of before serving.")
     return parser.parse_args(argv)
 
 
+def read_auth(args: argparse.Namespace) -> list[tuple[str, str]]:
+    lines = list(args.auth)
+    if args.auth_file:
+        path = Path(args.auth_file)
+        if not path.is_file():
+            raise SettingsError(f"--auth-file {path} does not exist.")
+        lines += [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+    users = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user.strip() or not password:
+            raise SettingsError(f"Auth entry {user.strip() or line!r} must look like user:password.")
+        users.append((user.strip(), password))
+    return users
+
+
 def make_context(args: argparse.Namespace) -> AppContext:
     settings = LoadSettings(model=args.model, device=args.device, dtype=args.dtype,
                             load_in_4bit=False if args.no_4bit else None)
+    admins = frozenset(name.strip() for name in (args.admins or "").split(",") if name.strip())
     return AppContext(registry=ModelRegistry(settings), data_dir=Path(args.data_dir), runs_dir=Path(args.runs_dir),
-                      share=args.share)
+                      admins=admins, auth_enabled=bool(args.auth or args.auth_file), share=args.share,
+                      label_k=args.labels_per_pair)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -70,6 +98,7 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        auth = read_auth(args)
         ctx = make_context(args)
         if not args.lazy:
             print(f"Loading {args.model} ...", file=sys.stderr, flush=True)
@@ -79,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.share and not auth:
+        print("warning: --share opens a public link and no --auth is set: anyone with the link can label, and "
+              "nobody can sign in as admin (training, pushing and generating are refused). Add --auth user:pass "
+              "and --admins user.", file=sys.stderr, flush=True)
     demo = build_demo(ctx)
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, share=args.share)
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, js=LAUNCH_JS,
+        auth_message="Sign in to label. Ask the app's owner for an account.")
     return 0
 
 
