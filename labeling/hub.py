@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     import datasets
     from huggingface_hub import HfApi
 
+    from labeling.hub_sync import EventLog
+
 logger = logging.getLogger(__name__)
 
 REPO_TYPE = "dataset"
@@ -425,10 +427,11 @@ def rows_to_parquet(rows: list[dict[str, Any]]) -> bytes:
 
 def push_dataset(store: Any, repo_id: str, token: str | None = None, *, private: bool = True,
                  license_id: str = "apache-2.0", include_raw: bool = True,
-                 on_progress: Callable[[str], None] | None = None) -> PushResult:
+                 on_progress: Callable[[str], None] | None = None, event_log: EventLog | None = None) -> PushResult:
     """Push the exported preference dataset, its card and the raw label events to ``repo_id`` in one commit.
 
-    ``store`` is a ``LabelStore`` (its ``data_dir`` holds the pending status and the raw event files). Raises
+    ``store`` is a ``LabelStore`` (its ``data_dir`` holds the pending status and the raw event files). In the
+    app, pass the running sync's ``event_log`` (``LabelSync.log``) so both write the same event file. Raises
     ``HubError``; when the Hub could not be reached ``error.pending`` is true and nothing local was touched.
     """
     from huggingface_hub import CommitOperationAdd
@@ -443,7 +446,7 @@ def push_dataset(store: Any, repo_id: str, token: str | None = None, *, private:
     if not rows:
         raise HubError("bad_input", "There is nothing to push yet: no pair has a label that picks a better "
                                     "response. Label some pairs first.")
-    log = EventLog(data_dir)
+    log = event_log or EventLog(data_dir)
     new_events = log.append_new(store.iter_events())  # written locally before any network call
     api = make_api(token)
     try:
@@ -498,7 +501,7 @@ def pull_dataset(repo_id: str, token: str | None = None, *, split: str = "train"
     try:
         # A local snapshot follows the card's `configs` like load_dataset(repo) does, without datasets' own
         # endpoint setting (read once at import) getting in the way.
-        loaded = datasets.load_dataset(folder, split=split)
+        loaded = datasets.load_dataset(folder, split=split, cache_dir=str(cache_dir) if cache_dir else None)
     except ValueError as error:
         raise HubError("bad_input", f"{repo_id} has no split '{split}': {error}") from None
     except Exception as error:  # noqa: BLE001 - datasets raises many kinds for "no data files"

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 SYNC_DIR = "sync"
 RESTORED_DIR = "restored"
 MIN_INTERVAL_MINUTES = 0.01  # tests use sub-second intervals; the app's default is 5 minutes
+SEGMENT_BYTES = 4 * 1024 * 1024  # a full segment never changes again, so later pushes skip it
 
 
 def event_key(event: dict[str, Any]) -> str:
@@ -63,15 +64,18 @@ def process_name() -> str:
 
 
 class EventLog:
-    """The append-only event files of one data dir: this process's own file, earlier processes', restored ones.
+    """The append-only event files of one data dir: this process's own files, earlier processes', restored ones.
 
-    The high-water mark is the set of event keys already in any of these files, read once from disk.
+    The high-water mark is the set of event keys already in any of these files, read once from disk. A process
+    writes ``events-<process>-<segment>.jsonl`` and starts a new segment past ``segment_bytes``.
     """
 
-    def __init__(self, data_dir: str | Path, process: str | None = None) -> None:
+    def __init__(self, data_dir: str | Path, process: str | None = None, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.folder = Path(data_dir) / SYNC_DIR
         self.restored_folder = self.folder / RESTORED_DIR
-        self.path = self.folder / f"events-{process or process_name()}.jsonl"
+        self.process = process or process_name()
+        self.segment_bytes = segment_bytes
+        self.segment = 0
         self.lock = threading.Lock()
         self._known: set[str] | None = None
         self._pushed_sizes: dict[str, int] = {}
@@ -92,6 +96,8 @@ class EventLog:
             if not fresh:
                 return 0
             self.folder.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size >= self.segment_bytes:
+                self.segment += 1
             with self.path.open("a", encoding="utf-8") as handle:
                 for event in fresh:
                     handle.write(json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
@@ -99,6 +105,11 @@ class EventLog:
                 os.fsync(handle.fileno())
             self._known.update(event_key(event) for event in fresh)
             return len(fresh)
+
+    @property
+    def path(self) -> Path:
+        """The file this process appends to now."""
+        return self.folder / f"events-{self.process}-{self.segment:04d}.jsonl"
 
     def mark_known(self, events: Iterable[dict[str, Any]]) -> None:
         with self.lock:
@@ -148,7 +159,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 @dataclass
 class RestoreResult:
     repo_id: str
-    found: bool  # False: the repo does not exist yet (a new project), nothing to restore
+    found: bool  # False: the repo does not exist yet (a new project) or cannot be seen; nothing to restore
     files: int = 0
     events: int = 0
     pairs_added: int = 0
@@ -157,7 +168,8 @@ class RestoreResult:
 
     def describe(self) -> str:
         if not self.found:
-            return f"{self.repo_id} has no raw labels yet; starting from the local data."
+            return (f"{self.repo_id} was not found (a new repo, or a private one this token cannot see); starting "
+                    "from the local data.")
         return (f"Restored from {self.repo_id}: {self.pairs_added} new pairs and {self.labels_added} new labels "
                 f"({self.events} events in {self.files} files).")
 
@@ -279,7 +291,7 @@ class LabelSync:
             self._repo_ready = True
         contents = self.log.snapshot(changed)
         lines = sum(content.count(b"\n") for content in contents.values())
-        message = (f"Sync raw labels: {appended} new event(s) from {self.log.path.stem}; "
+        message = (f"Sync raw labels: {appended} new event(s) from process {self.log.process}; "
                    f"{len(contents)} file(s), {lines} event(s) in them")
         operations = [CommitOperationAdd(f"{RAW_PREFIX}/{path.name}", content) for path, content in contents.items()]
         with hub_call(self.repo_id, self.token, f"sync labels to {self.repo_id}"):

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -228,10 +229,10 @@ def test_sync_runs_on_its_interval(hub, tmp_path):
     store = labeled_store(tmp_path / "data", n=3)
     sync = start_sync(store, REPO, interval_minutes=0.01, token=WRITE)  # 0.6 s
     try:
-        for _ in range(200):
+        for _ in range(300):  # polls for the first timed push; asserts nothing about how long it took
             if sync.pushes:
                 break
-            sync._stop.wait(0.1)
+            time.sleep(0.1)
         assert sync.pushes >= 1
         assert [name for name in hub.files(REPO) if name.startswith("raw/events-")]
     finally:
@@ -315,6 +316,38 @@ def test_hub_down_keeps_data_and_reports_pending(hub, tmp_path, monkeypatch):
 def test_restore_of_a_repo_that_does_not_exist_yet_restores_nothing(hub, tmp_path):
     result = restore_from_hub(LabelStore(tmp_path / "data"), "alice/new-project", token=WRITE)
     assert not result.found and result.pairs_added == 0
+    assert "not found" in result.describe()
+
+
+def test_offline_mode_is_a_clear_message(hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError) as error:
+        push_dataset(labeled_store(tmp_path / "data", n=3), REPO, token=WRITE)
+    assert error.value.kind == "unreachable" and "HF_HUB_OFFLINE" in str(error.value) and error.value.pending
+    assert not hub.state.requests
+
+
+def test_push_and_sync_share_one_event_file_and_full_segments_are_not_resent(hub, tmp_path):
+    data_dir = tmp_path / "data"
+    store = labeled_store(data_dir, n=6)
+    sync = start_sync(store, REPO, interval_minutes=60, token=WRITE)
+    sync.log.segment_bytes = 2000  # a few events per segment
+    push_dataset(store, REPO, token=WRITE, event_log=sync.log)
+    segments = EventLog(data_dir).own_files()
+    assert len(segments) == 1 and len(segments[0].read_text().splitlines()) == 6 + 12
+    pair = make_pairs(7)[6]
+    store.add_pairs([pair])
+    store.record_label(LabelRecord(pair_id=pair.pair_id, labeler="erin", choice="a", left="a"))
+    commits_before = len(hub.commits(REPO))
+    assert not sync.stop().pending
+    segments = EventLog(data_dir).own_files()
+    assert len(segments) == 2 and len(segments[1].read_text().splitlines()) == 2
+    assert len(hub.commits(REPO)) == commits_before + 1
+    assert [hub.files(REPO)[f"raw/{path.name}"] for path in segments] == [path.read_bytes() for path in segments]
+    restored = LabelStore(tmp_path / "restored")
+    assert restore_from_hub(restored, REPO, token=WRITE).labels_added == 13
 
 
 def test_private_repo_is_invisible_without_its_owners_token(hub, tmp_path):
