@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class EventLog:
         self.lock = threading.Lock()
         self._known: set[str] | None = None
         self._pushed_sizes: dict[str, int] = {}
+        self.written: Counter[str] = Counter()  # events this object appended, by type ("pair" / "label")
 
     def _load_known(self) -> set[str]:
         known: set[str] = set()
@@ -104,6 +106,7 @@ class EventLog:
                 handle.flush()
                 os.fsync(handle.fileno())
             self._known.update(event_key(event) for event in fresh)
+            self.written.update(str(event.get("type")) for event in fresh)
             return len(fresh)
 
     @property
@@ -243,6 +246,7 @@ class LabelSync:
         self._stop = threading.Event()
         self._push_lock = threading.Lock()
         self._repo_ready = False
+        self._unpushed: Counter[str] = Counter()  # new events by type since the last successful push
         self._thread: threading.Thread | None = None
         self.pushes = 0
 
@@ -265,11 +269,13 @@ class LabelSync:
         local and the status pending, with the reason in words."""
         with self._push_lock:
             try:
-                appended = self.log.append_new(self.store.iter_events())
+                before = self.log.written.copy()
+                self.log.append_new(self.store.iter_events())
+                self._unpushed.update(self.log.written - before)
                 changed = self.log.changed_files()
                 if not changed:
                     return self.status
-                self._push(changed, appended)
+                self._push(changed)
             except HubError as error:
                 status = record_failure(self.data_dir, self.repo_id, error)
                 logger.warning("Label sync to %s pending: %s", self.repo_id, error.message)
@@ -280,7 +286,7 @@ class LabelSync:
                 return record_failure(self.data_dir, self.repo_id, HubError("hub_error", message))
             return self.status
 
-    def _push(self, changed: list[Path], appended: int) -> None:
+    def _push(self, changed: list[Path]) -> None:
         from huggingface_hub import CommitOperationAdd
 
         api = make_api(self.token, self.endpoint)
@@ -291,13 +297,15 @@ class LabelSync:
             self._repo_ready = True
         contents = self.log.snapshot(changed)
         lines = sum(content.count(b"\n") for content in contents.values())
-        message = (f"Sync raw labels: {appended} new event(s) from process {self.log.process}; "
-                   f"{len(contents)} file(s), {lines} event(s) in them")
+        new = self._unpushed
+        message = (f"Sync raw labels: +{new['pair']} pair(s), +{new['label']} label event(s) from process "
+                   f"{self.log.process} ({lines} events in {len(contents)} file(s))")
         operations = [CommitOperationAdd(f"{RAW_PREFIX}/{path.name}", content) for path, content in contents.items()]
         with hub_call(self.repo_id, self.token, f"sync labels to {self.repo_id}"):
             info = api.create_commit(self.repo_id, operations, commit_message=message, repo_type=REPO_TYPE)
         self.log.mark_pushed(contents, {path: len(content) for path, content in contents.items()})
         record_success(self.data_dir, self.repo_id, info.oid, message)
+        self._unpushed = Counter()
         self.pushes += 1
 
     def stop(self, timeout: float = 60.0) -> HubStatus:

@@ -345,6 +345,7 @@ def test_push_and_sync_share_one_event_file_and_full_segments_are_not_resent(hub
     segments = EventLog(data_dir).own_files()
     assert len(segments) == 2 and len(segments[1].read_text().splitlines()) == 2
     assert len(hub.commits(REPO)) == commits_before + 1
+    assert hub.commits(REPO)[-1].title.startswith("Sync raw labels: +1 pair(s), +1 label event(s)")
     assert [hub.files(REPO)[f"raw/{path.name}"] for path in segments] == [path.read_bytes() for path in segments]
     restored = LabelStore(tmp_path / "restored")
     assert restore_from_hub(restored, REPO, token=WRITE).labels_added == 13
