@@ -45,9 +45,11 @@ def label_through_queue(store: LabelStore, labeler: str, count: int) -> list[str
     return acknowledged
 
 
-def _label_in_process(data_dir: str, labelers: list[str], count: int, k: int, results) -> None:
+def _label_in_process(data_dir: str, labelers: list[str], count: int, k: int, results, ready, go) -> None:
     """Runs in a second process (spawned) while the test process labels too."""
     store = LabelStore(data_dir, k=k)
+    ready.set()
+    go.wait(120)
     for labeler in labelers:
         results.put((labeler, label_through_queue(store, labeler, count)))
 
@@ -246,10 +248,11 @@ def test_twenty_threads_and_a_second_process(tmp_path: Path) -> None:
     store.add_pairs(make_pairs(130))
     names = [f"thread-{i}" for i in range(20)]
     process_names = ["process-a", "process-b"]
-    results = multiprocessing.get_context("spawn").Queue()
-    child = multiprocessing.get_context("spawn").Process(
-        target=_label_in_process, args=(str(tmp_path), process_names, 10, k, results))
+    spawn = multiprocessing.get_context("spawn")
+    results, ready, go = spawn.Queue(), spawn.Event(), spawn.Event()
+    child = spawn.Process(target=_label_in_process, args=(str(tmp_path), process_names, 10, k, results, ready, go))
     child.start()
+    assert ready.wait(120), "the second process did not start"
 
     acknowledged: dict[str, list[str]] = {}
     errors: list[BaseException] = []
@@ -261,6 +264,7 @@ def test_twenty_threads_and_a_second_process(tmp_path: Path) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(name,)) for name in names]
+    go.set()  # both processes write at the same time
     for thread in threads:
         thread.start()
     for thread in threads:
