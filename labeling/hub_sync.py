@@ -215,7 +215,11 @@ def restore_from_hub(store: Any, repo_id: str, token: str | None = None) -> Rest
         (log.restored_folder / Path(name).name).write_bytes(source.read_bytes())
     # Pairs before labels, all files in one import: a label may sit in another process's file than its pair.
     events.sort(key=lambda event: 0 if event.get("type") == "pair" else 1)
-    pairs_added, labels_added = store.import_events(events)
+    try:
+        pairs_added, labels_added = store.import_events(events)
+    except ValueError as error:  # LabelError: the import is all or nothing, so the store is unchanged
+        raise HubError("bad_input", f"The raw labels in {repo_id} could not be imported, so nothing was: {error} "
+                                    "Check the raw/ files of that repo, or start with another --hub-repo.") from None
     log.mark_known(events)
     result = RestoreResult(repo_id, True, len(files), len(events), pairs_added, labels_added, skipped)
     logger.info(result.describe())

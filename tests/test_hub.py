@@ -396,3 +396,30 @@ def test_cli_push_and_status(hub, tmp_path, monkeypatch, capsys):
     assert f"Up to date with {REPO}" in capsys.readouterr().out
     assert main(["push", "--data-dir", str(data_dir), "--repo", "not a repo"]) == 1
     assert "OWNER/NAME" in capsys.readouterr().err
+
+    out = tmp_path / "rows.jsonl"
+    assert main(["pull", "--repo", REPO, "--out", str(out)]) == 0
+    assert f"{REPO}: 4 rows (preference)" in capsys.readouterr().out
+    assert [json.loads(line)["chosen"] for line in out.read_text().splitlines()] == [
+        row["chosen"] for row in build_preference_rows(LabelStore(data_dir))]
+    assert main(["restore", "--data-dir", str(tmp_path / "fresh"), "--repo", REPO]) == 0
+    assert "4 new pairs and 8 new labels" in capsys.readouterr().out  # alice and bob on each
+
+
+def test_restore_refuses_events_that_conflict_with_the_store(hub, tmp_path):
+    from huggingface_hub import CommitOperationAdd
+
+    from labeling.hub import make_api
+
+    store = labeled_store(tmp_path / "data", n=2)
+    label = store.active_labels()[0]
+    forged = {**label.to_dict(), "type": "label", "id": label.label_id, "choice": "tie"}
+    api = make_api(WRITE)
+    api.create_repo(REPO, repo_type="dataset", private=True)
+    api.create_commit(REPO, [CommitOperationAdd("raw/events-x.jsonl", (json.dumps(forged) + "\n").encode())],
+                      commit_message="forged", repo_type="dataset")
+    before = label_keys(store)
+    with pytest.raises(HubError) as error:
+        restore_from_hub(store, REPO, token=WRITE)
+    assert error.value.kind == "bad_input" and "nothing was" in str(error.value)
+    assert label_keys(store) == before
