@@ -332,7 +332,7 @@ def _agreement(quality: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     figures: dict[str, Any] = {"pairs labeled by 2+ people": report["pairs_with_overlap"]}
     if report.get("percent_agreement") is not None:
-        figures["percent agreement"] = round(100 * report["percent_agreement"], 1)
+        figures["percent agreement"] = f"{100 * report['percent_agreement']:.1f}%"
     if report.get("kappa") is not None:
         figures[f"{report.get('method') or ''} kappa".strip()] = round(report["kappa"], 3)
     return figures
