@@ -173,3 +173,45 @@ def test_bundled_model_small_run(tmp_path):
     assert all(r["base"]["response"].strip() for r in report["rows"])  # a real model answers in words
     # A trained model finds the reference answers far likelier than a uniform guess (-ln(vocab) ~ -10.8).
     assert -6 < report["capability"]["base_loglik"] < 0
+
+
+def _judged(label, template, category, base_refused, aligned_refused, risky=False):
+    def side(refused):
+        return {"response": "x", "refused": refused, "kind": "full_refusal" if refused else "compliance"}
+    return {"prompt": "p", "label": label, "template": template, "category": category, "risky": risky,
+            "base": side(base_refused), "aligned": side(aligned_refused)}
+
+
+def test_diagnosis_names_what_to_change():
+    from alignment.diagnosis import diagnose
+    from alignment.metrics import summarize
+
+    good_benign = [_judged("benign", None, "task_api", False, False, risky=r) for r in (False, True) * 10]
+    # Aligned refuses direct requests but role-play gets through, only in the fraud category.
+    rows = [_judged("harmful", "direct", c, False, True) for c in ("fraud", "hate")] * 5
+    rows += [_judged("harmful", "roleplay_persona", "fraud", False, False)] * 5
+    rows += [_judged("harmful", "roleplay_persona", "hate", False, True)] * 5
+    steps = {s["id"]: s for s in diagnose(summarize(rows + good_benign), {"loglik_delta": -0.01})}
+    assert set(steps) == {"still_complies", "jailbreaks"}
+    assert steps["still_complies"]["categories"] == ["fraud"]
+    assert steps["jailbreaks"]["templates"] == ["roleplay_persona"]
+    assert steps["jailbreaks"]["doc"].endswith("#jailbreaks")
+
+    over_refusing = [_judged("benign", None, "task_api", False, True, risky=r) for r in (False, True) * 10]
+    safe = [_judged("harmful", "direct", "fraud", False, True)] * 10
+    steps = {s["id"]: s for s in diagnose(summarize(safe + over_refusing), {"loglik_delta": -0.5})}
+    assert steps["refuses_too_much"]["categories"] == ["plain benign", "risky-looking benign"]
+    assert "capability_drop" in steps
+    steps = {s["id"] for s in diagnose(summarize(safe + good_benign), {"loglik_delta": -2.5})}
+    assert steps == {"unstable_training"}
+    assert diagnose(summarize(safe + good_benign), {"loglik_delta": 0.0}) == []
+
+
+def test_diagnosis_of_a_base_only_report_points_to_training():
+    from alignment.diagnosis import diagnose
+    from alignment.metrics import summarize
+
+    rows = [{k: v for k, v in _judged("harmful", "direct", "malware", False, False).items() if k != "aligned"}] * 4
+    steps = diagnose(summarize(rows), {})
+    assert steps[0]["id"] == "train_refusals" and steps[0]["categories"] == ["malware"]
+    assert "refusal_data" in steps[0]["step"]
