@@ -495,6 +495,7 @@ def pull_dataset(repo_id: str, token: str | None = None, *, split: str = "train"
     repo_id = validate_repo_id(repo_id)
     token = resolve_token(token)
     with hub_call(repo_id, token, f"download {repo_id}"):
+        make_api(token).dataset_info(repo_id, revision=revision)  # fails fast, without retries, when unreachable
         folder = snapshot_download(repo_id, repo_type=REPO_TYPE, revision=revision, token=token or False,
                                    endpoint=hub_endpoint(), cache_dir=str(cache_dir) if cache_dir else None,
                                    ignore_patterns=[f"{RAW_PREFIX}/*", ".gitattributes"])

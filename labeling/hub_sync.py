@@ -191,8 +191,10 @@ def restore_from_hub(store: Any, repo_id: str, token: str | None = None) -> Rest
     api = make_api(token)
     try:
         with hub_call(repo_id, token, f"read the raw labels of {repo_id}"):
-            files = [name for name in api.list_repo_files(repo_id, repo_type=REPO_TYPE)
-                     if name.startswith(f"{RAW_PREFIX}/") and name.endswith(".jsonl")]
+            # dataset_info makes one request without retries, so a Hub that is down is reported at once.
+            siblings = api.dataset_info(repo_id).siblings or []
+        files = [sibling.rfilename for sibling in siblings
+                 if sibling.rfilename.startswith(f"{RAW_PREFIX}/") and sibling.rfilename.endswith(".jsonl")]
     except HubError as error:
         if error.kind == "not_found":
             return RestoreResult(repo_id, found=False)
@@ -299,6 +301,11 @@ class LabelSync:
             with hub_call(self.repo_id, self.token, f"create the dataset repo {self.repo_id}"):
                 api.create_repo(self.repo_id, repo_type=REPO_TYPE, private=self.private, exist_ok=True)
             self._repo_ready = True
+        else:
+            # One request without retries first: with the Hub down, the upload's own retries would hold a
+            # shutdown for half a minute.
+            with hub_call(self.repo_id, self.token, f"sync labels to {self.repo_id}"):
+                api.dataset_info(self.repo_id)
         contents = self.log.snapshot(changed)
         lines = sum(content.count(b"\n") for content in contents.values())
         new = self._unpushed

@@ -312,6 +312,22 @@ def test_hub_down_keeps_data_and_reports_pending(hub, tmp_path, monkeypatch):
     sync_status = start_sync(store, REPO, interval_minutes=60, token=WRITE).stop()
     assert sync_status.pending and "could not be reached" in sync_status.last_error
 
+    with pytest.raises(HubError) as pull_error:
+        pull_dataset(REPO, token=WRITE, cache_dir=tmp_path / "cache")
+    assert pull_error.value.kind == "unreachable"
+
+
+def test_sync_reports_the_hub_going_down_after_it_started(hub, tmp_path):
+    store = labeled_store(tmp_path / "data", n=2)
+    sync = start_sync(store, REPO, interval_minutes=60, token=WRITE)
+    assert not sync.push_now().pending
+    pair = make_pairs(3)[2]
+    store.add_pairs([pair])
+    hub.stop()
+    status = sync.stop()
+    assert status.pending and "could not be reached" in status.last_error
+    assert EventLog(tmp_path / "data").own_files()[0].read_text().count("\n") == 2 + 4 + 1
+
 
 def test_restore_of_a_repo_that_does_not_exist_yet_restores_nothing(hub, tmp_path):
     result = restore_from_hub(LabelStore(tmp_path / "data"), "alice/new-project", token=WRITE)
