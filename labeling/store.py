@@ -202,12 +202,15 @@ class LabelStore:
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             try:
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            except sqlite3.Error as exc:
-                raise LabelError(f"Cannot open the label store {self.path}: {exc}.") from exc
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.DatabaseError as exc:
+                raise LabelError(
+                    f"Cannot open the label store {self.path}: {exc}. If the file is damaged, restore it from a "
+                    "backup or the Hub sync; it was not changed."
+                ) from exc
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn

@@ -366,6 +366,13 @@ def test_refuses_a_file_from_a_newer_version(tmp_path: Path) -> None:
     assert sqlite3.connect(tmp_path / DB_FILENAME).execute("PRAGMA user_version").fetchone()[0] == 99
 
 
+def test_a_file_that_is_not_a_database_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / DB_FILENAME).write_bytes(b"these are not the labels you are looking for" * 100)
+    with pytest.raises(LabelError, match="Cannot open the label store"):
+        LabelStore(tmp_path)
+    assert (tmp_path / DB_FILENAME).read_bytes() == b"these are not the labels you are looking for" * 100
+
+
 def test_import_events_round_trip_is_idempotent_and_atomic(tmp_path: Path) -> None:
     source = LabelStore(tmp_path / "a", k=2)
     source.add_pairs(make_pairs(3))
