@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "guidelines. On a Space the owner is always an admin.")
     parser.add_argument("--labels-per-pair", type=int, default=int(env("LABELS_PER_PAIR", "1") or 1),
                         help="How many different labelers each pair goes to (k).")
+    parser.add_argument("--hub-repo", default=env("HUB_REPO"), metavar="OWNER/NAME",
+                        help="Dataset repo to restore raw labels from at start and sync them to while labeling.")
+    parser.add_argument("--sync-minutes", type=float, default=float(env("SYNC_MINUTES", "5") or 5),
+                        help="How often raw labels are pushed to --hub-repo (a restart loses at most this much).")
     parser.add_argument("--lazy", action="store_true",
                         help="Load the model on first use instead of before serving.")
     return parser.parse_args(argv)
@@ -83,7 +88,22 @@ def make_context(args: argparse.Namespace) -> AppContext:
     admins = frozenset(name.strip() for name in (args.admins or "").split(",") if name.strip())
     return AppContext(registry=ModelRegistry(settings), data_dir=Path(args.data_dir), runs_dir=Path(args.runs_dir),
                       admins=admins, auth_enabled=bool(args.auth or args.auth_file), share=args.share,
-                      label_k=args.labels_per_pair)
+                      label_k=args.labels_per_pair, hub_repo=args.hub_repo)
+
+
+def start_hub_sync(ctx: AppContext, minutes: float) -> None:
+    """Restore raw labels from --hub-repo, then keep pushing new ones. A Hub problem is reported, not fatal:
+    labeling goes on locally and the sync retries every interval."""
+    from labeling.hub import HubError
+    from labeling.hub_sync import restore_from_hub, start_sync
+
+    try:
+        result = restore_from_hub(ctx.store, ctx.hub_repo)
+        print(result.describe(), file=sys.stderr, flush=True)
+    except HubError as exc:
+        print(f"warning: could not restore labels from {ctx.hub_repo}: {exc}. Labeling continues locally; "
+              "the sync will keep trying.", file=sys.stderr, flush=True)
+    ctx.services["hub_sync"] = start_sync(ctx.store, ctx.hub_repo, interval_minutes=minutes)
 
 
 def build_demo(ctx: AppContext) -> gr.Blocks:
@@ -108,15 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if ctx.hub_repo:
+        start_hub_sync(ctx, args.sync_minutes)
     if args.share and not auth:
         print("warning: --share opens a public link and no --auth is set: anyone with the link can label, and "
               "nobody can sign in as admin (training, pushing and generating are refused). Add --auth user:pass "
               "and --admins user.", file=sys.stderr, flush=True)
     demo = build_demo(ctx)
+    # A Space restart or `kill` sends SIGTERM: turn it into the Ctrl-C path so gradio closes cleanly and the last
+    # label push below still runs.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, js=LAUNCH_JS,
         auth_message="Sign in to label. Ask the app's owner for an account.")
+    sync = ctx.services.get("hub_sync")
+    if sync is not None:
+        print(f"Last push of labels to {ctx.hub_repo}: {sync.stop().describe()}", file=sys.stderr, flush=True)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def __getattr__(name: str):

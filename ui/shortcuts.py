@@ -3,16 +3,19 @@
 Keys click buttons by their elem_id, only while that button is visible and the cursor is not in a text field.
 """
 
+import json
+
 KEYS = {
     "1": "label-left", "2": "label-right", "3": "label-tie", "4": "label-both-bad", "s": "label-skip",
     "u": "label-undo",
 }
 
-_KEY_MAP = ", ".join(f'"{key}": "{elem}"' for key, elem in KEYS.items())
+
+_KEY_MAP = json.dumps(KEYS)
 
 LAUNCH_JS = """
 () => {
-  const keys = {%s};
+  const keys = __KEYS__;
   document.addEventListener("keydown", (event) => {
     const tag = (event.target && event.target.tagName || "").toLowerCase();
     if (tag === "input" || tag === "textarea" || event.target.isContentEditable) return;
@@ -26,4 +29,4 @@ LAUNCH_JS = """
     }
   });
 }
-""" % _KEY_MAP
+""".replace("__KEYS__", _KEY_MAP)
