@@ -39,10 +39,13 @@ _LOGPROB_CHUNK = 32768
 # Saved activations of one decoder layer, per token, in units of hidden size (H) and intermediate size (I):
 # norms, q/k/v/o inputs and outputs, attention output, residuals (~10 H) and the MLP's gate/up/act/product (4 I).
 _ACT_H, _ACT_I = 10.0, 4.0
-# LoRA keeps the dropout output of each adapted input alive for backward (q,k,v,o,gate,up ~ 6 H, down ~ 1 I).
+# LoRA with dropout > 0 keeps the dropped-out copy of each adapted input alive for backward
+# (q,k,v,o,gate,up ~ 6 H, down ~ 1 I); with dropout 0 peft passes the input through unchanged.
 _LORA_ACT_H, _LORA_ACT_I = 6.0, 1.0
-# The chunked log-prob kernel holds logits and their softmax for a chunk (~2 copies in float32).
-_LOGITS_COPIES = 2.0
+# The chunked log-prob kernel materialises (tokens x vocab) float32 tensors for a chunk: logits, log-softmax,
+# softmax and entropy terms in the forward, and the recomputed logits and their gradient in the backward.
+# Measured on CPU (bench_memory.py), the transient peak is ~8 such copies.
+_LOGITS_COPIES = 8.0
 # Allocator slack on top of the tensors we count.
 _FRAGMENTATION = 0.10
 _CUDA_CONTEXT = 600 * 2**20
@@ -56,7 +59,7 @@ def parse_size(text: str | int | float) -> int:
     """'15GB', '15 GiB', '800MB', '1.5g', 2e9 -> bytes. GB is 10^9, GiB is 2^30."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if text <= 0:
-            raise MemoryBudgetError(f"memory budget {text} must be positive.")
+            raise MemoryBudgetError(f"memory budget {text} must be positive, e.g. 15GB.")
         return int(text)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""
@@ -64,7 +67,7 @@ def parse_size(text: str | int | float) -> int:
         raise MemoryBudgetError(f"memory budget {text!r} is not a size; write it like 15GB, 12GiB or 800MB.")
     value = float(match.group(1)) * _UNITS[unit]
     if value <= 0:
-        raise MemoryBudgetError(f"memory budget {text!r} must be positive.")
+        raise MemoryBudgetError(f"memory budget {text!r} must be positive, e.g. 15GB.")
     return int(value)
 
 
@@ -184,7 +187,7 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
     tokens = sequences * seq
     act_bytes = weight_bytes if config.precision != "auto" or device.startswith("cuda") else 4
     per_token_layer = (_ACT_H * h + _ACT_I * i) * act_bytes
-    if lora:
+    if lora and config.lora_dropout > 0:
         per_token_layer += (_LORA_ACT_H * h + _LORA_ACT_I * i) * act_bytes
     if config.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed (with its full activations) at a time.
@@ -193,8 +196,9 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         activations = tokens * n_layers * per_token_layer
     activations += tokens * h * act_bytes * 2  # embeddings output and final norm
     logits = min(tokens, _LOGPROB_CHUNK) * vocab * 4 * _LOGITS_COPIES
-    # The reference forward runs after the policy forward, under no_grad: a transient of one layer plus logits.
-    reference = reference_weights + logits + tokens * per_token_layer
+    # The reference forward runs after the policy forward, under no_grad: a transient of one layer; its logits
+    # transient happens before the backward's, so the 'logits' part covers both.
+    reference = reference_weights + tokens * per_token_layer
     parts = {
         "weights": int(weights),
         "lora_params": int(lora_params),
@@ -269,8 +273,11 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
     options.sort(key=lambda item: item[0])
     # Offer the best option plus one alternative that changes something else, e.g. "max_length 512 or batch 1".
     best = options[0]
+    def kinds(candidate: TrainConfig) -> set[str]:
+        return {change.split()[0] for change in _changes(config, candidate)}
+
     alternatives = [best] + [o for o in options[1:] if o[0][0] == best[0][0] and
-                             _changes(config, o[1]) != _changes(config, best[1])][:1]
+                             kinds(o[1]) != kinds(best[1])][:1]
     phrases = [" and ".join(_changes(config, cand)) + f" (~{format_size(total)})" for _, cand, total in alternatives]
     return f"To fit in {format_size(budget)}: set " + ", or ".join(phrases) + "."
 

@@ -1,0 +1,96 @@
+"""Check the memory planner against real peaks: estimate vs measured peak RSS for three CPU configurations.
+
+Each configuration trains the bundled model for a few steps with ``alignment.train.train`` in a fresh Python
+process; the child reports ``ru_maxrss`` minus its RSS after imports (the torch/transformers runtime is not
+part of the estimate). Answers are long enough that every sequence reaches max_length, so the planner's
+max_length assumption holds. Prints estimate, measured and their ratio (target: within 25%).
+
+Run: ``ALIGN_CACHE_DIR=/tmp/aligncache python benchmarks/bench_memory.py [--steps 2]`` (~3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [
+    {"name": "batch1-len128", "per_device_train_batch_size": 1, "max_length": 128, "gradient_checkpointing": False},
+    {"name": "batch4-len256", "per_device_train_batch_size": 4, "max_length": 256, "gradient_checkpointing": False},
+    {"name": "batch4-len256-ckpt", "per_device_train_batch_size": 4, "max_length": 256,
+     "gradient_checkpointing": True},
+]
+
+CHILD = r"""
+import json, resource, sys, psutil
+import torch, transformers, trl, peft, datasets  # the runtime, measured before the baseline
+from alignment.train import train
+from alignment.train_config import TrainConfig
+args = json.loads(sys.argv[1])
+torch.set_num_threads(2)
+base = psutil.Process().memory_info().rss
+config = TrainConfig(**args["config"])
+train(config, force=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+print("RESULT " + json.dumps({"baseline": base, "peak": peak}))
+"""
+
+
+def write_long_pairs(path: Path, n: int = 12) -> None:
+    sentence = "This sentence is here to make the answer long enough to fill the whole sequence budget. "
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(n):
+            handle.write(json.dumps({
+                "prompt": [{"role": "user", "content": f"Tell me about topic number {i}."}],
+                "chosen": [{"role": "assistant", "content": f"Topic {i}: " + sentence * 40}],
+                "rejected": [{"role": "assistant", "content": f"No. Topic {i}? " + sentence * 38}],
+            }) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+
+    from transformers import AutoConfig
+
+    from alignment.memory import estimate, format_size
+    from alignment.models import resolve_source
+    from alignment.train_config import TrainConfig
+
+    model_config = AutoConfig.from_pretrained(resolve_source("bundled")[0])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "long.jsonl"
+        write_long_pairs(data)
+        for spec in CONFIGS:
+            fields = {k: v for k, v in spec.items() if k != "name"}
+            config = dict(model="bundled", dataset=str(data), run_name=spec["name"], output_dir=f"{tmp}/{spec['name']}",
+                          device="cpu", max_steps=args.steps, gradient_accumulation_steps=1, eval_split=0.0,
+                          save_steps=1000, lora_r=16, lora_alpha=32, lora_dropout=0.0, **fields)
+            plan = estimate(model_config, TrainConfig(**config), budget_bytes=10**12, device="cpu")
+            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"config": config})], env=env, cwd=ROOT,
+                                  capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{spec['name']}: child failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            measured = json.loads(line[7:])
+            delta = measured["peak"] - measured["baseline"]
+            rows.append((spec["name"], plan, delta))
+            print(f"{spec['name']:<22} estimate {format_size(plan.total_bytes):>10}  measured {format_size(delta):>10}"
+                  f"  estimate/measured {plan.total_bytes / delta:.2f}", flush=True)
+            print("    parts: " + ", ".join(f"{k} {format_size(v)}" for k, v in plan.parts.items()), flush=True)
+    worst = max(abs(plan.total_bytes / delta - 1) for _, plan, delta in rows)
+    print(f"worst relative error {worst:.0%} (target <= 25%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Memory planner: parts scale the right way, budgets parse, and a too-small budget yields a suggestion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from transformers import LlamaConfig
+
+from alignment.memory import MemoryBudgetError, estimate, parse_size, shape_of
+from alignment.train_config import TrainConfig
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def config_1b():
+    # Shaped like a ~1.7B Llama chat model (SmolLM2-1.7B): planning needs only the config.
+    return LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True)
+
+
+def base(**changes):
+    values = dict(device="cuda", precision="fp16", max_length=512, per_device_train_batch_size=2,
+                  gradient_accumulation_steps=8, lora_r=16, gradient_checkpointing=False, load_in_4bit=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def plan(config_1b, config, budget=400 * GIB):
+    return estimate(config_1b, config, budget_bytes=budget, device="cuda")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("15GB", 15 * 10**9), ("15 GiB", 15 * GIB), ("800MB", 800 * 10**6), ("1.5g", int(1.5e9)), (2e9, 2 * 10**9),
+])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "15XB", "-3GB", "0"])
+def test_parse_size_rejects_nonsense(text):
+    with pytest.raises(MemoryBudgetError, match="15GB"):
+        parse_size(text)
+
+
+def test_shape_counts_parameters_like_the_model(bundled_tokenizer):
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(bundled_tokenizer)
+    from_model = shape_of(model)
+    from_config = shape_of(model.config)
+    assert from_config.total_params == pytest.approx(from_model.total_params, rel=0.01)
+
+
+def test_longer_sequences_need_more_activations(config_1b):
+    short = plan(config_1b, base(max_length=256)).parts["activations"]
+    long = plan(config_1b, base(max_length=1024)).parts["activations"]
+    assert long == pytest.approx(4 * short, rel=0.05)
+
+
+def test_chosen_and_rejected_double_the_sequences(config_1b):
+    one = plan(config_1b, base(per_device_train_batch_size=1)).parts["activations"]
+    two = plan(config_1b, base(per_device_train_batch_size=2)).parts["activations"]
+    assert two == pytest.approx(2 * one, rel=0.05)
+
+
+def test_checkpointing_reduces_activations(config_1b):
+    without = plan(config_1b, base(gradient_checkpointing=False)).parts["activations"]
+    with_ckpt = plan(config_1b, base(gradient_checkpointing=True)).parts["activations"]
+    assert with_ckpt < without / 3
+
+
+def test_four_bit_reduces_weights(config_1b):
+    half = plan(config_1b, base()).parts["weights"]
+    four = plan(config_1b, base(load_in_4bit=True)).parts["weights"]
+    assert four < half / 2.5
+
+
+def test_lora_has_no_reference_copy_but_full_finetuning_does(config_1b):
+    lora = plan(config_1b, base())
+    full = plan(config_1b, base(lora_r=0))
+    assert lora.parts["reference_forward"] < lora.parts["weights"]
+    assert full.parts["reference_forward"] >= full.parts["weights"]
+    assert full.parts["optimizer"] > 50 * lora.parts["optimizer"]
+
+
+def test_small_budget_refuses_with_a_concrete_suggestion(config_1b):
+    config = base(max_length=2048, per_device_train_batch_size=4)
+    roomy = plan(config_1b, config)
+    assert roomy.fits and roomy.suggestion is None
+    tight = plan(config_1b, config, budget=int(roomy.total_bytes * 0.5))
+    assert not tight.fits
+    assert tight.suggestion and any(word in tight.suggestion for word in
+                                    ("max_length", "per_device_train_batch_size", "gradient_checkpointing",
+                                     "load_in_4bit"))
+    # The suggested change must itself fit: apply the first alternative and re-plan.
+    suggested = tight.suggestion.split(", or ")[0]
+    changes = {}
+    if "max_length" in suggested:
+        changes["max_length"] = int(suggested.split("max_length ")[1].split()[0])
+    if "per_device_train_batch_size" in suggested:
+        changes["per_device_train_batch_size"] = int(suggested.split("per_device_train_batch_size ")[1].split()[0])
+    if "gradient_checkpointing true" in suggested:
+        changes["gradient_checkpointing"] = True
+    if "load_in_4bit true" in suggested:
+        changes["load_in_4bit"] = True
+    assert plan(config_1b, replace(config, **changes), budget=tight.budget_bytes).fits
+
+
+def test_impossible_budget_says_use_a_smaller_model(config_1b):
+    result = plan(config_1b, base(), budget=100 * 2**20)
+    assert not result.fits and "smaller model" in result.suggestion
+
+
+def test_cpu_budget_defaults_to_available_ram(config_1b):
+    import psutil
+
+    result = estimate(config_1b, base(device="cpu", precision="fp32"), device="cpu")
+    assert 0 < result.budget_bytes <= psutil.virtual_memory().total
