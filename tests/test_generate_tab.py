@@ -124,3 +124,14 @@ def test_cancel_stops_a_long_job_and_keeps_its_pairs(app):
     assert f"{made} new pair" in message
     assert 2 <= made < 60
     assert admin.predict(api_name="/generate_cancel") == "No job of yours is running."
+
+
+def test_a_labeler_is_refused_hub_push_and_pull(app):
+    from gradio_client.exceptions import AppError
+
+    labeler = client(app, LABELER)
+    with pytest.raises(AppError, match="'lee' cannot push the dataset to the Hub: only admins"):
+        labeler.predict("lee/prefs", True, api_name="/dataset_push")
+    with pytest.raises(AppError, match="'lee' cannot pull datasets from the Hub: only admins"):
+        labeler.predict("lee/prefs", api_name="/dataset_pull")
+    assert not (app.data_dir / "hub").exists()

@@ -246,7 +246,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         headers = ROW_COLUMNS if view_name == VIEWS[0] else PAIR_COLUMNS
         first, second = ("Chosen", "Rejected") if view_name == VIEWS[0] else ("Response A", "Response B")
         state = [{"prompt": r["prompt"], "first": r["first"], "second": r["second"]} for r in shown]
-        return (state, gr.update(value=table_rows(view_name, shown), headers=headers), note,
+        import pandas as pd
+
+        frame = pd.DataFrame(table_rows(view_name, shown), columns=headers)
+        return (state, frame, note,
                 gr.update(label=first, value=""), gr.update(label=second, value=""), "")
 
     def row_texts(state: list[dict] | None, number: Any) -> tuple[str, str, str]:
