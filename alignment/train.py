@@ -284,9 +284,10 @@ def _make_callback(config: TrainConfig, on_log: LogCallback | None, should_stop:
             done = state.global_step - (self.first_step or 0)
             remaining = max(0, state.max_steps - state.global_step)
             record["eta"] = round(elapsed / done * remaining, 1) if done > 0 else None
-            loss = record.get("loss", record.get("eval_loss"))
-            if isinstance(loss, float) and not math.isfinite(loss):
-                self.bad_loss = (state.global_step, loss)
+            watched = [record.get(k) for k in ("loss", "eval_loss", "rewards/margins", "grad_norm")]
+            bad = [v for v in watched if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                self.bad_loss = (state.global_step, bad[0])
                 control.should_training_stop = True
                 control.should_save = False  # the weights are already poisoned; keep the last good checkpoint
             if any(k.startswith("eval_") for k in record):
@@ -453,7 +454,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     if callback.bad_loss is not None:
         step, loss = callback.bad_loss
         raise TrainingError(
-            f"The loss became {loss} at step {step}, so training stopped; the weights diverged. Lower "
+            f"The loss or its gradients became {loss} at step {step}, so training stopped; the weights diverged. Lower "
             f"learning_rate (now {config.learning_rate:g}; try {config.learning_rate / 10:g}), raise warmup, or "
             + ("use precision bf16/fp32 instead of fp16, " if config.resolved_precision(device) == "fp16" else "")
             + "check the data for empty or extremely long answers."

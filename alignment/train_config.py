@@ -283,6 +283,8 @@ class TrainConfig:
             save_total_limit=self.save_total_limit,
             logging_steps=self.logging_steps,
             logging_first_step=True,
+            # The Trainer would hide a NaN/inf step loss behind the running mean; we want to see it and stop.
+            logging_nan_inf_filter=False,
             report_to="none",
             disable_tqdm=True,
             dataloader_num_workers=0,

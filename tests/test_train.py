@@ -1,0 +1,137 @@
+"""train() end to end on a tiny random model: outputs, live metrics, cancel and resume, NaN, bad data, memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from alignment.train import DatasetError, TrainingError, main, train, validate_rows
+from alignment.train_config import TrainConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CHART_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "learning_rate",
+              "epoch", "step", "max_steps")
+
+
+def pair(i: int) -> dict:
+    return {"prompt": [{"role": "user", "content": f"How do I do risky thing {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"I can't help with thing {i}, but I can suggest a safe way."}],
+            "rejected": [{"role": "assistant", "content": f"Sure, here is thing {i} step by step."}]}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "prefs.jsonl", [pair(i) for i in range(16)])
+
+
+def tiny_config(model_dir, dataset, output_dir, **changes) -> TrainConfig:
+    values = dict(model=str(model_dir), dataset=str(dataset), output_dir=str(output_dir), run_name="tiny",
+                  device="cpu", max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                  learning_rate=1e-3, max_length=64, lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_split=0.25,
+                  save_steps=2, logging_steps=1, warmup=0.0)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_end_to_end_writes_adapter_card_and_metrics(tiny_model_dir, data, tmp_path):
+    logs: list[dict] = []
+    result = train(tiny_config(tiny_model_dir, data, tmp_path / "run"), on_log=logs.append)
+    assert result.state == "finished" and result.global_step == 3 == result.max_steps
+    adapter = Path(result.adapter_dir)
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "tokenizer_config.json").is_file()
+    card = (adapter / "README.md").read_text()
+    assert str(tiny_model_dir) in card and str(data) in card and "rewards/margins" in card
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    train_logs = [r for r in logs if "loss" in r]
+    assert [r["step"] for r in train_logs] == [1, 2, 3]
+    for key in CHART_KEYS:
+        assert key in train_logs[-1], key
+    assert any("eval_rewards/accuracies" in r for r in logs)  # 4 held-out pairs evaluated at the end
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(logs) and json.loads(lines[0])["step"] == 1
+    assert result.train_pairs == 12 and result.eval_pairs == 4
+
+
+def test_cancel_stops_early_and_resume_finishes(tiny_model_dir, data, tmp_path):
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", max_steps=6, save_steps=100, eval_split=0.0)
+    seen: list[int] = []
+    first = train(config, on_log=lambda r: seen.append(r["step"]), should_stop=lambda: len(seen) >= 2)
+    assert first.state == "cancelled" and first.adapter_dir is None
+    assert 2 <= first.global_step < 6
+    assert (tmp_path / "run" / "checkpoints" / f"checkpoint-{first.global_step}").is_dir()
+    resumed_steps: list[int] = []
+    second = train(config, on_log=lambda r: resumed_steps.append(r["step"]))
+    assert second.state == "finished" and second.global_step == 6
+    assert second.resumed_from and second.resumed_from.endswith(f"checkpoint-{first.global_step}")
+    assert min(s for s in resumed_steps) > first.global_step  # continued, not restarted
+    assert Path(second.adapter_dir, "adapter_model.safetensors").is_file()
+
+
+def test_non_finite_loss_stops_with_advice(tiny_model_dir, data, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    poisoned = tmp_path / "poisoned"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    model.save_pretrained(poisoned)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(poisoned)
+    logs: list[dict] = []
+    with pytest.raises(TrainingError, match="learning_rate") as info:
+        train(tiny_config(poisoned, data, tmp_path / "run", max_steps=5), on_log=logs.append)
+    assert "nan" in str(info.value).lower()
+    assert len([r for r in logs if "loss" in r]) == 1  # stopped at the first bad step
+    assert math.isnan(logs[0]["loss"])
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_malformed_rows_are_named(tiny_model_dir, tmp_path):
+    rows = [pair(0), {"prompt": "hi", "chosen": "a"}, pair(2), {**pair(3), "chosen": [{"role": "user", "content": "x"}]}]
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DatasetError) as info:
+        train(tiny_config(tiny_model_dir, bad, tmp_path / "run"))
+    message = str(info.value)
+    assert "row 2" in message and "rejected" in message and "row 4" in message and "row 1:" not in message
+
+
+def test_mixed_formats_and_empty_data(tmp_path):
+    with pytest.raises(DatasetError, match="no rows"):
+        validate_rows([], "empty.jsonl")
+    with pytest.raises(DatasetError, match="mixes"):
+        validate_rows([pair(0), pair(1), {"prompt": "p", "chosen": "a", "rejected": "b"}])
+
+
+def test_too_few_pairs_says_how_many_are_needed(tiny_model_dir, tmp_path):
+    few = write_jsonl(tmp_path / "few.jsonl", [pair(i) for i in range(5)])
+    config = tiny_config(tiny_model_dir, few, tmp_path / "run", per_device_train_batch_size=2,
+                         gradient_accumulation_steps=4, eval_split=0.2)
+    with pytest.raises(DatasetError, match=r"Only 4 training pairs.*= 8 pairs"):
+        train(config)
+
+
+def test_memory_plan_refuses_and_force_is_explicit(tiny_model_dir, data, tmp_path):
+    with pytest.raises(TrainingError, match="To fit|smaller model"):
+        train(tiny_config(tiny_model_dir, data, tmp_path / "run"), memory_budget="1MB")
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_cli_reports_bad_input_with_exit_2(tiny_model_dir, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\ndevice: cpu\n")
+    code = main(["--config", str(recipe), "--dataset", str(tmp_path / "missing.jsonl"),
+                 "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    code = main(["--config", str(recipe), "--set", "beta=-1"])
+    assert code == 2 and "beta" in capsys.readouterr().err
