@@ -36,6 +36,10 @@ DB_FILENAME = "labels.sqlite"
 MAX_LABELER_LENGTH = 64
 LABEL_KINDS: tuple[str, ...] = ("label", "vote")
 BUSY_TIMEOUT_MS = 60_000
+# Pairs made for blind comparison are voted on in the Compare tab, never handed out by the Label tab: their
+# votes carry kind "vote" and they would otherwise sit in every labeler's queue as unlabeled work.
+VOTE_ONLY_STRATEGIES: tuple[str, ...] = ("compare",)
+_LABEL_TAB_PAIRS = "p.strategy NOT IN (" + ", ".join(f"'{s}'" for s in VOTE_ONLY_STRATEGIES) + ")"
 
 
 class LabelError(ValueError):
@@ -324,7 +328,8 @@ class LabelStore:
         A labeler's live lease is returned again (same side on the left, lease extended), so reloading the page
         shows the same pair. Otherwise the pair is one they have no active label for, with fewer than k active
         labels plus live leases by others; pairs they skipped come last, then pairs closest to k (so overlap
-        for agreement builds up), then the oldest.
+        for agreement builds up), then the oldest. Pairs of :data:`VOTE_ONLY_STRATEGIES` (blind compare) are
+        never handed out.
         """
         labeler = validate_labeler(labeler)
         now = time.time() if now is None else float(now)
@@ -346,7 +351,7 @@ class LabelStore:
                                WHERE labeler <> :me AND expires > :now GROUP BY pair_id) AS h
                            ON h.pair_id = p.pair_id
                     LEFT JOIN leases AS l ON l.pair_id = p.pair_id AND l.labeler = :me
-                    WHERE p.pair_id NOT IN ({mine_active})
+                    WHERE p.pair_id NOT IN ({mine_active}) AND {_LABEL_TAB_PAIRS}
                       AND coalesce(a.n, 0) + coalesce(h.n, 0) < :k
                     ORDER BY coalesce(l.skipped, 0), coalesce(a.n, 0) DESC, p.seq
                     LIMIT 1
@@ -498,15 +503,15 @@ class LabelStore:
 
     def progress(self, labeler: str | None = None) -> dict[str, Any]:
         """Counts of active Label-tab labels: this labeler's, everyone's, per labeler, and pairs still short
-        of k labels."""
+        of k labels. Pairs of :data:`VOTE_ONLY_STRATEGIES` are not Label-tab work and are not counted."""
         with self._read() as conn:
             per_labeler = dict(conn.execute(
                 "SELECT labeler, count(*) FROM active_labels WHERE kind = 'label' GROUP BY labeler ORDER BY labeler"
             ).fetchall())
-            pairs = conn.execute("SELECT count(*) FROM pairs").fetchone()[0]
+            pairs = conn.execute(f"SELECT count(*) FROM pairs AS p WHERE {_LABEL_TAB_PAIRS}").fetchone()[0]
             done = conn.execute(
-                "SELECT count(*) FROM (SELECT pair_id FROM active_labels WHERE kind = 'label' GROUP BY pair_id "
-                "HAVING count(*) >= ?)", (self.k,)
+                "SELECT count(*) FROM (SELECT l.pair_id FROM active_labels AS l JOIN pairs AS p USING (pair_id) "
+                f"WHERE l.kind = 'label' AND {_LABEL_TAB_PAIRS} GROUP BY l.pair_id HAVING count(*) >= ?)", (self.k,)
             ).fetchone()[0]
         mine = per_labeler.get(labeler.strip(), 0) if isinstance(labeler, str) else 0
         return {"mine": mine, "everyone": sum(per_labeler.values()), "labelers": len(per_labeler),

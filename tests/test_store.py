@@ -231,6 +231,25 @@ def test_nobody_sees_a_pair_twice(tmp_path: Path) -> None:
     assert store.progress()["remaining"] == 0
 
 
+def test_compare_pairs_are_never_handed_to_labelers(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path, k=1)
+    compare = make_pairs(3, strategy="compare")
+    store.add_pairs(compare[:2])
+    regular = make_pairs(1)[0]
+    store.add_pairs([regular, compare[2]])  # compare pairs before and after the one Label-tab pair
+    assert store.progress()["pairs"] == 1 and store.progress()["remaining"] == 1
+    vote = LabelRecord(pair_id=compare[0].pair_id, labeler="ana", choice="a", left="b", kind="vote")
+    assert store.record_label(vote)
+    served = store.next_pair("ana")
+    assert served.pair.pair_id == regular.pair_id
+    store.record_label(LabelRecord(pair_id=regular.pair_id, labeler="ana", choice="b", left=served.left))
+    assert store.next_pair("ana") is None and store.next_pair("bo") is None
+    assert store.progress("ana") == {"mine": 1, "everyone": 1, "labelers": 1, "pairs": 1, "remaining": 0,
+                                     "per_labeler": {"ana": 1}, "k": 1}
+    assert [label.kind for label in store.active_labels()] == ["vote", "label"]
+    assert len(store.list_pairs()) == 4  # still stored and exported like any pair
+
+
 def test_skipped_pair_goes_to_the_back_of_the_queue(tmp_path: Path) -> None:
     store = LabelStore(tmp_path, k=1)
     store.add_pairs(make_pairs(2))
