@@ -330,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"Wrote {stats['pairs']} pairs to {args.output} ({side} failures: {stats['harmful_complied']} harmful "
-          f"complied, {stats['benign_refused']} benign refused; skipped {stats['skipped_no_helpful_answer']} "
-          f"refused benign prompts with no helpful answer, {stats['skipped_split']} rows of another split).")
-    if not pairs:
+          f"complied, {stats['benign_refused']} benign refused; skipped: {stats['skipped_empty_answer']} empty "
+          f"answers, {stats['skipped_no_helpful_answer']} refused benign prompts with no helpful answer, "
+          f"{stats['skipped_split']} rows of another split).")
+    if not pairs and not stats["skipped_empty_answer"]:
         print("No failures to learn from: the model refused every harmful prompt and answered every benign one.",
+              file=sys.stderr)
+    elif not pairs:
+        print("No pairs: the model's answers were empty. Check the model, or raise --max-new-tokens.",
               file=sys.stderr)
     return 0
 
