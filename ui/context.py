@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignment.limits import UserLimiter
 from alignment.registry import ModelRegistry
 
 
@@ -33,6 +34,7 @@ class AppContext:
     _store: Any = field(default=None, repr=False)
     _training: Any = field(default=None, repr=False)
     services: dict[str, Any] = field(default_factory=dict, repr=False)  # e.g. the Hub label sync
+    limiter: UserLimiter = field(default_factory=UserLimiter, repr=False)  # long requests per user at once
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -4,8 +4,12 @@ and the admin check every privileged handler calls (enforced in the handler, not
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import gradio as gr
 
+from alignment.limits import LimitExceeded
 from labeling.store import LabelError, validate_labeler
 from ui.context import AppContext
 
@@ -40,3 +44,22 @@ def require_admin(ctx: AppContext, request: gr.Request | None, profile: gr.OAuth
     who = f"'{user}'" if user else "You are not signed in, so you"
     raise gr.Error(f"{who} cannot {action}: only admins can. Ask an admin, or sign in as one "
                    "(admins are named with --admins, or the Space owner).", title="Admins only")
+
+
+def user_key(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
+    """Who to count a request against: the signed-in name, else the browser session."""
+    user = signed_in_user(request, profile)
+    if user:
+        return f"user:{user}"
+    return f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
+
+
+@contextmanager
+def user_slot(ctx: AppContext, request: gr.Request | None, profile: gr.OAuthProfile | None = None,
+              what: str = "generation") -> Iterator[None]:
+    """Hold one of this user's long-request slots for the duration, or refuse with a clear message."""
+    try:
+        with ctx.limiter.slot(user_key(request, profile), what):
+            yield
+    except LimitExceeded as exc:
+        raise gr.Error(str(exc), title="One at a time") from exc

@@ -15,6 +15,7 @@ from alignment.models import ModelLoadError
 from alignment.registry import BASE
 from alignment.settings import SettingsError
 from ui.context import AppContext
+from ui.identity import user_slot
 
 MAX_MESSAGE_CHARS = 4000
 
@@ -49,8 +50,8 @@ def _history_to_chat(history: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def build(ctx: AppContext, demo: gr.Blocks) -> None:
     def respond(message: str, history: list[dict[str, Any]], side: str, max_new_tokens: float, do_sample: bool,
-                temperature: float, top_p: float, seed: float | None, system_prompt: str
-                ) -> Iterator[tuple[list[dict[str, Any]], str]]:
+                temperature: float, top_p: float, seed: float | None, system_prompt: str,
+                request: gr.Request = None) -> Iterator[tuple[list[dict[str, Any]], str]]:
         message = (message or "").strip()
         if not message:
             raise gr.Error("Type a message first.")
@@ -69,7 +70,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         chat = _history_to_chat(history)
         history = [*history, {"role": "assistant", "content": ""}]
         try:
-            with ctx.registry.side(side or BASE) as view:
+            with user_slot(ctx, request), ctx.registry.side(side or BASE) as view:
                 for text in stream_chat(view, chat, settings):
                     history[-1]["content"] = text
                     yield history, ""
