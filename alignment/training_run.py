@@ -119,7 +119,7 @@ class TrainingManager:
             if isinstance(record.get("epoch"), (int, float)):
                 self._epoch = float(record["epoch"])
             self._eta = record.get("eta")
-            self._last = dict(record)
+            self._last.update(record)  # the end-of-run summary line must not hide the last loss and rewards
             if len(self._history) < _HISTORY_LIMIT:
                 self._history.append(dict(record))
 
