@@ -30,16 +30,27 @@ def test_playground_chat_returns_model_text(app):
     from gradio_client import Client
 
     client = Client(app.url, verbose=False)
-    history, cleared = client.predict("Create a task: water the plants", [], "base", 16, True, 1.0, 1.0, 5, "",
+    history, cleared = client.predict("Create a task: water the plants", "base", 16, True, 1.0, 1.0, 5, "",
                                       api_name="/chat")
     assert cleared == ""
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert text_of(history[0]) == "Create a task: water the plants"
     reply = text_of(history[1])
     assert reply.strip(), "the model's answer is empty"
-    again, _ = client.predict("Create a task: water the plants", [], "base", 16, True, 1.0, 1.0, 5, "",
+    client.predict(api_name="/clear_chat")
+    again, _ = client.predict("Create a task: water the plants", "base", 16, True, 1.0, 1.0, 5, "",
                               api_name="/chat")
     assert text_of(again[1]) == reply, "the same seed should give the same text"
+
+
+def test_chat_keeps_turns_and_escapes_html_for_display(app):
+    from gradio_client import Client
+
+    client = Client(app.url, verbose=False)
+    client.predict("first <b>turn</b>", "base", 8, True, 1.0, 1.0, 1, "", api_name="/chat")
+    history, _ = client.predict("second turn", "base", 8, True, 1.0, 1.0, 1, "", api_name="/chat")
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert text_of(history[0]) == "first &lt;b&gt;turn&lt;/b&gt;"
 
 
 def test_model_facts_name_the_device(app):
@@ -54,7 +65,7 @@ def test_empty_message_is_a_clear_error(app):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="Type a message"):
-        Client(app.url, verbose=False).predict("  ", [], "base", 16, False, 0.7, 0.9, 0, "", api_name="/chat")
+        Client(app.url, verbose=False).predict("  ", "base", 16, False, 0.7, 0.9, 0, "", api_name="/chat")
 
 
 def test_bad_model_exits_with_a_message(tmp_path):

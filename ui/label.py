@@ -64,7 +64,7 @@ def _view(ctx: AppContext, labeler: str, status: str = "") -> tuple[Any, ...]:
         state = {"labeler": labeler, "pair_id": None}
         done = "Nothing left for you to label right now. Thank you! New pairs appear here when an admin " \
                "generates them."
-        return state, "", "", "", "", "", progress, status or done
+        return state, "", "", "", "", "", progress, f"{status} {done}".strip()
     pair = assignment.pair
     left_text = pair.response_a if assignment.left == "a" else pair.response_b
     right_text = pair.response_b if assignment.left == "a" else pair.response_a

@@ -4,6 +4,7 @@ and see the model's facts (name, parameters, device, dtype, memory in use).
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -38,20 +39,16 @@ def facts_markdown(ctx: AppContext) -> str:
     )
 
 
-def _history_to_chat(history: list[dict[str, Any]]) -> list[dict[str, str]]:
-    chat = []
-    for message in history:
-        content = message.get("content")
-        if isinstance(content, list):  # gradio 6 may give content parts
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        chat.append({"role": message["role"], "content": str(content)})
-    return chat
+def for_display(chat: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The chat as the Chatbot shows it: HTML escaped, so prompts and model output appear as the text they are
+    (markdown still renders) and can never become live HTML or script."""
+    return [{"role": m["role"], "content": html.escape(m["content"], quote=False)} for m in chat]
 
 
 def build(ctx: AppContext, demo: gr.Blocks) -> None:
-    def respond(message: str, history: list[dict[str, Any]], side: str, max_new_tokens: float, do_sample: bool,
-                temperature: float, top_p: float, seed: float | None, system_prompt: str,
-                request: gr.Request = None) -> Iterator[tuple[list[dict[str, Any]], str]]:
+    def respond(message: str, chat: list[dict[str, str]] | None, side: str, max_new_tokens: float,
+                do_sample: bool, temperature: float, top_p: float, seed: float | None, system_prompt: str,
+                request: gr.Request = None) -> Iterator[tuple[list[dict[str, str]], list[dict[str, str]], str]]:
         message = (message or "").strip()
         if not message:
             raise gr.Error("Type a message first.")
@@ -62,22 +59,24 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             settings = SamplingSettings(
                 max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), temperature=float(temperature),
                 top_p=float(top_p), seed=int(seed) if seed not in (None, "") else None,
-                system_prompt=system_prompt.strip() or None,
+                system_prompt=(system_prompt or "").strip() or None,
             )
         except SettingsError as exc:
             raise gr.Error(str(exc)) from exc
-        history = [*(history or []), {"role": "user", "content": message}]
-        chat = _history_to_chat(history)
-        history = [*history, {"role": "assistant", "content": ""}]
+        # The raw chat lives in per-session state; the Chatbot only ever gets the escaped copy.
+        chat = [*(chat or []), {"role": "user", "content": message}]
+        answer = {"role": "assistant", "content": ""}
         try:
             with user_slot(ctx, request), ctx.registry.side(side or BASE) as view:
                 for text in stream_chat(view, chat, settings):
-                    history[-1]["content"] = text
-                    yield history, ""
+                    answer["content"] = text
+                    yield for_display([*chat, answer]), chat, ""
         except ModelLoadError as exc:
             raise gr.Error(str(exc)) from exc
-        yield history, ""
+        chat = [*chat, answer]
+        yield for_display(chat), chat, ""
 
+    raw_chat = gr.State([])
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Chat", height=460, buttons=["copy"])
@@ -103,10 +102,11 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             facts = gr.Markdown(label="Model facts")
             refresh = gr.Button("Refresh model facts", size="sm")
 
-    inputs = [message, chatbot, side, max_new_tokens, do_sample, temperature, top_p, seed, system_prompt]
-    send.click(respond, inputs, [chatbot, message], api_name="chat")
-    message.submit(respond, inputs, [chatbot, message], api_name=False)
-    clear.click(lambda: ([], ""), None, [chatbot, message], api_name=False)
+    inputs = [message, raw_chat, side, max_new_tokens, do_sample, temperature, top_p, seed, system_prompt]
+    outputs = [chatbot, raw_chat, message]
+    send.click(respond, inputs, outputs, api_name="chat")
+    message.submit(respond, inputs, outputs, api_name=False)
+    clear.click(lambda: ([], [], ""), None, outputs, api_name="clear_chat")
 
     def refresh_facts() -> tuple[str, Any]:
         return facts_markdown(ctx), gr.update(choices=ctx.registry.sides())

@@ -1,0 +1,78 @@
+"""Browser end to end in headless Chromium: sign in, label with the keyboard and watch progress change, and
+check that HTML and script in prompts, answers and chat messages are shown as text and never run."""
+
+import pytest
+
+from labeling.records import PairRecord, as_messages
+from labeling.store import LabelStore
+from tests.apprunner import RunningApp
+from tests.browser import screenshot
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.browser
+
+XSS_A = '<img src=x onerror="window.__xss=1">hello'
+XSS_B = "<script>window.__xss=2</script>world"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("browser-data")
+    store = LabelStore(data)
+    store.add_pairs([PairRecord(prompt=as_messages(f"Summarise <b>note {i}</b>"), response_a=XSS_A,
+                                response_b=XSS_B, strategy="test", model_a="m", model_b="m") for i in range(3)])
+    store.close()
+    running = RunningApp(["--model", str(tiny_model_dir), "--data-dir", str(data), "--auth", "ann:pw-ann",
+                          "--auth", "bob:pw-bob", "--admins", "ann"], free_port())
+    yield running, data
+    running.stop()
+
+
+def sign_in(page, url, user, password):
+    page.goto(url)
+    page.wait_for_selector("input[type=password]")
+    page.locator("input").first.fill(user)
+    page.locator("input[type=password]").fill(password)
+    page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="Label").wait_for()
+
+
+def test_sign_in_and_label_with_the_keyboard(app, page):
+    running, data = app
+    sign_in(page, running.url, "bob", "pw-bob")
+    page.get_by_role("tab", name="Label").click()
+    page.get_by_role("button", name="Start labeling").click()
+    page.get_by_text("You: 0 labels", exact=False).wait_for()
+    request = page.get_by_label("Request")
+    page.wait_for_function("() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('note'))")
+    shown = request.input_value()
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus out of any text box so keys reach the page
+    page.keyboard.press("1")
+    page.get_by_text("You: 1 labels", exact=False).wait_for()
+    screenshot(page, "label-tab")
+    labels = [label for label in LabelStore(data).active_labels() if label.labeler == "bob"]
+    assert len(labels) == 1
+    assert shown.startswith("Summarise <b>note")
+
+
+def test_untrusted_text_is_shown_as_text_and_runs_nothing(app, page):
+    running, _ = app
+    sign_in(page, running.url, "ann", "pw-ann")
+    page.get_by_role("tab", name="Label").click()
+    page.get_by_role("button", name="Start labeling").click()
+    page.wait_for_function("() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('onerror'))")
+    values = page.locator("textarea").evaluate_all("els => els.map(e => e.value)")
+    assert XSS_A in values and XSS_B in values
+    # Chat: the user's own message is rendered by the Chatbot, which must not run it either.
+    page.get_by_role("tab", name="Playground").click()
+    box = page.get_by_label("Message")
+    box.fill('<img src=x onerror="window.__xss=3"> and <script>window.__xss=4</script>')
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function("() => [...document.querySelectorAll('.message')].some("
+                           "m => m.textContent.includes('onerror'))")
+    page.wait_for_timeout(1000)
+    screenshot(page, "xss-playground")
+    bubbles = page.locator(".message").evaluate_all("els => els.map(e => e.textContent)")
+    assert any('<img src=x onerror="window.__xss=3">' in text and "<script>" in text for text in bubbles), bubbles
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img[src='x']").count() == 0
