@@ -202,6 +202,18 @@ def select_cases(suite: Suite, parts: Iterable[str] | None, categories: Iterable
     return cases
 
 
+def run_cases(registry: Any, cases: Sequence[dict[str, Any]], adapter: str | None, settings: EvalSettings,
+              on_progress: Any = None, should_stop: Any = None) -> dict[str, Any]:
+    """Evaluate ``cases`` on the registry's weights, holding its lock throughout.
+
+    Without an adapter the base side is used (any loaded adapter disabled). With one, ``side(adapter)`` holds the
+    lock and ``evaluate`` answers twice on the same weights: adapter disabled (base), then enabled (aligned).
+    """
+    with registry.side(adapter or BASE) as view:
+        return evaluate(view, list(cases), adapter=adapter, settings=settings, on_progress=on_progress,
+                        should_stop=should_stop)
+
+
 def format_rate(rate: dict[str, Any] | None) -> str:
     if not isinstance(rate, dict) or rate.get("value") is None:
         return "n/a" + (f" ({rate['note']})" if isinstance(rate, dict) and rate.get("note") else "")
@@ -551,9 +563,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
 
         try:
             progress((0, len(cases)), desc=f"Red-teaming {len(cases)} cases", unit="answers")
-            with ctx.registry.side(adapter_name or BASE) as view:
-                report = evaluate(view, cases, adapter=adapter_name, settings=settings, on_progress=on_progress,
-                                  should_stop=stop.is_set)
+            report = run_cases(ctx.registry, cases, adapter_name, settings, on_progress, stop.is_set)
         except GenerationCancelled as exc:
             return [gr.skip()] * 5 + [f"Cancelled after {exc.done} of {exc.total} answers in this batch run; the "
                                       "previous results (if any) are unchanged.", *[gr.skip()] * 6]
