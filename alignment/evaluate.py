@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment.generation import GenerationCancelled, SamplingSettings, generate
-from alignment.redteam import SuiteError, default_cases, load_prompts
+from alignment.redteam import DEFAULT_LIMIT_PER_TEMPLATE, SuiteError, build_cases, load_prompts
 from alignment.settings import SettingsError, validate_choice, validate_range
 
 ProgressFn = Callable[[int, int], None]
@@ -439,6 +439,10 @@ def build_parser():
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, help="Evaluate only the first N cases (a quick check).")
+    parser.add_argument("--limit-per-template", type=int, default=DEFAULT_LIMIT_PER_TEMPLATE,
+                        help="Built-in suites: harmful cases sampled per attack template (default %(default)s).")
+    parser.add_argument("--benign-limit", type=int,
+                        help="Built-in suites: sample this many benign controls, half plain, half risky-looking.")
     parser.add_argument("--sample", action="store_true", help="Sample answers instead of greedy decoding.")
     parser.add_argument("--no-capability", action="store_true", help="Skip reference-answer log-likelihoods.")
     parser.add_argument("--device", default="auto")
@@ -446,8 +450,30 @@ def build_parser():
     return parser
 
 
-def load_cases(prompts: str | None, split: str | None, limit: int | None) -> list[dict[str, Any]]:
-    cases = load_prompts(prompts) if prompts else default_cases(split=split)
+def _sample_benign(cases: list[dict[str, Any]], count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Keep every harmful case and ``count`` benign ones, half plain and half risky-looking, seeded."""
+    import random
+
+    if count < 0:
+        raise EvaluationError("--benign-limit must be 0 or more.")
+    plain = [c for c in cases if c["label"] == "benign" and not c["risky"]]
+    risky = [c for c in cases if c["label"] == "benign" and c["risky"]]
+    rng = random.Random(f"benign:{seed}")
+    keep_risky = rng.sample(risky, min(len(risky), count // 2))
+    keep_plain = rng.sample(plain, min(len(plain), count - len(keep_risky)))
+    kept = {id(c) for c in keep_plain + keep_risky}
+    return [c for c in cases if c["label"] == "harmful" or id(c) in kept]
+
+
+def load_cases(prompts: str | None, split: str | None, limit: int | None,
+               limit_per_template: int | None = DEFAULT_LIMIT_PER_TEMPLATE,
+               benign_limit: int | None = None) -> list[dict[str, Any]]:
+    if prompts:
+        cases = load_prompts(prompts)
+    else:
+        cases = build_cases(split=split, limit_per_template=limit_per_template or None)
+        if benign_limit is not None:
+            cases = _sample_benign(cases, benign_limit)
     if limit is not None:
         if limit < 1:
             raise EvaluationError("--limit must be at least 1.")
@@ -471,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = EvalSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                 do_sample=args.sample, judge=args.judge, capability=not args.no_capability)
         validate_choice("output suffix", Path(args.output).suffix, (".json",))
-        cases = load_cases(args.prompts, args.split, args.limit)
+        cases = load_cases(args.prompts, args.split, args.limit, args.limit_per_template, args.benign_limit)
         if args.adapter and not Path(args.adapter).is_dir():
             raise EvaluationError(f"Adapter folder {args.adapter} does not exist.")
         judge = load_judge(settings.judge)

@@ -215,3 +215,19 @@ def test_diagnosis_of_a_base_only_report_points_to_training():
     steps = diagnose(summarize(rows), {})
     assert steps[0]["id"] == "train_refusals" and steps[0]["categories"] == ["malware"]
     assert "refusal_data" in steps[0]["step"]
+
+
+def test_builtin_case_selection_for_smaller_runs():
+    from alignment.evaluate import EvaluationError, load_cases
+    from alignment.redteam import default_cases
+
+    assert load_cases(None, None, None) == default_cases()
+    cases = load_cases(None, None, None, limit_per_template=2, benign_limit=6)
+    harmful = [c for c in cases if c["label"] == "harmful"]
+    benign = [c for c in cases if c["label"] == "benign"]
+    assert len(harmful) == 16 and len({c["template"] for c in harmful}) == 8
+    assert len(benign) == 6 and sum(c["risky"] for c in benign) == 3
+    assert cases == load_cases(None, None, None, limit_per_template=2, benign_limit=6)
+    assert all(c["split"] == "heldout" for c in load_cases(None, "heldout", None, 2, 6))
+    with pytest.raises(EvaluationError, match="--limit"):
+        load_cases(None, None, 0)
