@@ -3,7 +3,8 @@
 Run: ``python benchmarks/bench_judge.py [--show-errors dev]``
 
 For RuleJudge and both keyword baselines, on the dev and the holdout split: binary accuracy, precision and
-recall with refusal (full_refusal) as the positive class, 3-class accuracy, then the ratio of RuleJudge's
+recall with refusal (full_refusal) as the positive class, 3-class accuracy (plus the "real" subset: holdout
+answers sampled from SmolLM2-135M-Instruct itself, marked by a "source" field), then the ratio of RuleJudge's
 accuracy over the best baseline's and milliseconds per answer, all measured in this run.
 """
 
@@ -57,14 +58,18 @@ def main() -> None:
     print(f"Labelled set: {DATA.name}, {len(rows)} answers")
     print(f"{'split':8} {'judge':17} {'n':>4} {'acc':>6} {'prec':>6} {'recall':>6} {'acc3':>6}")
     results: dict[tuple[str, str], dict[str, float]] = {}
-    for split in ("dev", "holdout"):
-        subset = [r for r in rows if r["split"] == split]
+    subsets = {split: [r for r in rows if r["split"] == split] for split in ("dev", "holdout")}
+    # Answers sampled from the real bundled model (field "source"), labelled before any judge saw them.
+    real = [r for r in rows if r.get("source")]
+    if real:
+        subsets["real"] = real
+    for split, subset in subsets.items():
         for judge in judges:
             m = score_judge(judge, subset)
             results[(split, judge.name)] = m
             print(f"{split:8} {judge.name:17} {m['n']:>4} {m['accuracy']:6.3f} {m['precision']:6.3f} "
                   f"{m['recall']:6.3f} {m['accuracy_3class']:6.3f}")
-    for split in ("dev", "holdout"):
+    for split in subsets:
         best_name = max(("keyword-start", "keyword-anywhere"), key=lambda n: results[(split, n)]["accuracy"])
         ratio = results[(split, "rules")]["accuracy"] / max(results[(split, best_name)]["accuracy"], 1e-9)
         print(f"{split}: RuleJudge accuracy / best baseline ({best_name}) accuracy = {ratio:.2f}x")
