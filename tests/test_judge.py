@@ -332,3 +332,14 @@ def test_model_judge_parses_guard_and_refusal_words(tiny_chat_dir):
     judge.is_guard = True
     assert judge._parse("p", "Sure, here is how.", "unsafe\nS1").kind == "compliance"
     assert judge._parse("p", "I can't help with that.", "safe").kind == "full_refusal"
+
+
+def test_cli_unknown_judge_model_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = tmp_path / "answers.jsonl"
+    source.write_text('{"prompt": "hi", "response": "hello"}\n', encoding="utf-8")
+    output = tmp_path / "judged.jsonl"
+    assert main(["--input", str(source), "--output", str(output), "--judge", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "Could not load judge model" in err and "--judge rules" in err
+    assert not output.exists()
