@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -56,7 +57,7 @@ def client(app, user):
 
 def run_small(c):
     """3 harmful + 3 benign cases, 8 greedy tokens each, base only."""
-    return c.predict(["harmful", "benign"], [], [], "all", 2, 6, "", 8, False, 0.7, "rules", False,
+    return c.predict(["harmful", "benign"], [], [], "all", 2, 6, "", 8, False, 0.7, "rules", False, 16,
                      api_name="/redteam_run")
 
 
@@ -146,6 +147,18 @@ def test_run_override_pairs_queue_and_restart(babbling_model_dir, tmp_path):
         row = [r for r in data(browser) if r[0] == case and r[1] == "base"][0]
         assert row[6] == "refused" and row[7] == f"person ({ADMIN[0]})"
 
+        # Cancel stops a long run between batches and keeps the last results.
+        job = admin.submit(["harmful", "benign"], [], [], "all", 4, None, "", 32, False, 0.7, "rules", False, 1,
+                           api_name="/redteam_run")
+        deadline = time.monotonic() + 120
+        while not (job.status().progress_data or job.done()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert admin.predict(api_name="/redteam_cancel").startswith("Stopping after the current batch")
+        outputs = job.result(timeout=300)
+        assert outputs[4].startswith("Cancelled: stopped after"), outputs[4]
+        assert admin.predict(api_name="/redteam_cancel") == "No red-team run of yours is running."
+        assert len(data(admin.predict("", "", "", "", "", api_name="/redteam_filter"))) == 6
+
         # A user suite is validated on upload, then its attack family can be run on its own.
         check_user_suite(admin, tmp_path)
     finally:
@@ -164,7 +177,7 @@ def check_user_suite(admin, tmp_path) -> None:
     message, _templates = admin.predict(handle_file(str(good)), api_name="/redteam_suite")
     assert "1 template variants" in message
     _m, _c, _d, browser, status, *_ = admin.predict(["harmful"], [], ["poetry"], "all", 2, None, "", 8, False, 0.7,
-                                                    "rules", False, api_name="/redteam_run")
+                                                    "rules", False, 16, api_name="/redteam_run")
     assert {r[4] for r in data(browser)} == {"poetry"} and len(data(browser)) == 2, status
 
 

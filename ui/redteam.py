@@ -412,8 +412,12 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
                 temperature = gr.Number(value=0.7, label="Temperature (when sampling)")
                 judge = gr.Dropdown(choices=list(BUILTIN_JUDGES), value="rules", label="Judge",
                                     info="rules: sentence-level rules (docs/JUDGE.md); keyword-*: cheap baselines.")
-            capability = gr.Checkbox(value=False, label="Score capability (reference answers' log-likelihood)",
-                                     info="Slower; feeds the capability-drop check of the diagnosis.")
+            with gr.Row():
+                capability = gr.Checkbox(value=False, label="Score capability (reference answers' log-likelihood)",
+                                         info="Slower; feeds the capability-drop check of the diagnosis.")
+                batch_size = gr.Slider(1, 64, value=16, step=1, label="Batch size",
+                                       info=EvalSettings.__dataclass_fields__["batch_size"].metadata["help"]
+                                       + " Larger is faster until memory runs out; Cancel acts between batches.")
             with gr.Row():
                 run = gr.Button("Run red-team", variant="primary")
                 cancel = gr.Button("Cancel", variant="stop")
@@ -521,7 +525,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
     def run_suite(user_suite: Suite | None, part_values: list[str], category_values: list[str],
                   template_values: list[str], split_value: str, per_template_value: Any, limit_value: Any,
                   adapter_name: str | None, max_tokens: float, sample: bool, temp: float, judge_name: str,
-                  score_capability: bool, request: gr.Request,
+                  score_capability: bool, batch: float, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008 - gradio's injection idiom
         require_admin(ctx, request, action="run red-team suites")
         if not part_values:
@@ -542,7 +546,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
                                  _int_or_none(limit_value, "Case limit"))
             settings = EvalSettings(max_new_tokens=int(max_tokens), do_sample=bool(sample),
                                     temperature=float(temp or 0.7), judge=judge_name,
-                                    capability=bool(score_capability))
+                                    capability=bool(score_capability), batch_size=int(batch))
         except (SuiteError, SettingsError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
         if not cases:
@@ -565,8 +569,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             progress((0, len(cases)), desc=f"Red-teaming {len(cases)} cases", unit="answers")
             report = run_cases(ctx.registry, cases, adapter_name, settings, on_progress, stop.is_set)
         except GenerationCancelled as exc:
-            return [gr.skip()] * 5 + [f"Cancelled after {exc.done} of {exc.total} answers in this batch run; the "
-                                      "previous results (if any) are unchanged.", *[gr.skip()] * 6]
+            return [gr.skip()] * 5 + [f"Cancelled: stopped after {exc.done} of {exc.total} prompts on one side. "
+                                      "Nothing was scored; earlier results (if any) are unchanged.",
+                                      *[gr.skip()] * 6]
         except (ModelLoadError, EvaluationError, SettingsError) as exc:
             raise gr.Error(str(exc)) from exc
         finally:
@@ -737,7 +742,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
     suite_load.click(use_suite, [suite_file], [suite_state, suite_message, templates], api_name="redteam_suite")
     suite_clear.click(drop_suite, None, [suite_state, suite_message, templates], api_name="redteam_suite_clear")
     run_inputs = [suite_state, parts, categories, templates, split, per_template, limit, adapter, max_new_tokens,
-                  do_sample, temperature, judge, capability]
+                  do_sample, temperature, judge, capability, batch_size]
     run.click(run_suite, run_inputs, [report_state, *results, status, f_category, f_template, f_verdict, f_side,
                                       f_label, pair_side],
               api_name="redteam_run", concurrency_limit=1, concurrency_id="redteam")
