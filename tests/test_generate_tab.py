@@ -135,3 +135,19 @@ def test_a_labeler_is_refused_hub_push_and_pull(app):
     with pytest.raises(AppError, match="'lee' cannot pull datasets from the Hub: only admins"):
         labeler.predict("lee/prefs", api_name="/dataset_pull")
     assert not (app.data_dir / "hub").exists()
+
+
+def test_an_uploaded_file_adds_its_prompts_and_says_what_was_skipped(app, tmp_path):
+    from gradio_client import handle_file
+
+    admin = client(app, ADMIN)
+    admin.predict(api_name="/prompts_clear")
+    upload = tmp_path / "prompts.csv"
+    upload.write_text("prompt,category,intended_label\nBook a room for Monday,task_schedule,benign\n"
+                      ",task_schedule,benign\nBook a room for Monday,task_schedule,benign\n"
+                      "Track my ex's phone,privacy_stalking,harmful\n", encoding="utf-8")
+    table, message = admin.predict(handle_file(str(upload)), api_name="/prompts_file")
+    assert "Imported 2 prompts from prompts.csv" in message
+    assert "Skipped 2 rows (row 3: empty prompt; row 4: duplicate of row 2)" in message
+    assert "Added 2 prompts from the file" in message
+    assert [row[1] for row in table["data"]] == ["benign", "harmful"]
