@@ -294,8 +294,9 @@ def _make_callback(config: TrainConfig, on_log: LogCallback | None, should_stop:
                 self.last_eval_log = record
             elif "loss" in record:
                 self.last_train_log = record
-            with metrics_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, default=str) + "\n")
+            if state.is_world_process_zero:  # under accelerate every rank logs; one file, one writer
+                with metrics_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record, default=str) + "\n")
             if on_log is not None:
                 on_log(record)
             return control
