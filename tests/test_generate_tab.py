@@ -151,3 +151,15 @@ def test_an_uploaded_file_adds_its_prompts_and_says_what_was_skipped(app, tmp_pa
     assert "Skipped 2 rows (row 3: empty prompt; row 4: duplicate of row 2)" in message
     assert "Added 2 prompts from the file" in message
     assert [row[1] for row in table["data"]] == ["benign", "harmful"]
+
+
+def test_an_unreachable_hub_dataset_is_a_clear_message(app):
+    from gradio_client.exceptions import AppError
+
+    admin = client(app, ADMIN)
+    admin.predict(api_name="/prompts_clear")
+    # The app runs with HF_HUB_OFFLINE=1, so the Hub cannot be reached.
+    with pytest.raises(AppError, match="Could not reach the Hugging Face Hub to load 'someone/prompts'"):
+        admin.predict("someone/prompts", "train", api_name="/prompts_hub")
+    with pytest.raises(AppError, match="not a Hub dataset id"):
+        admin.predict("not a/valid/id", "train", api_name="/prompts_hub")
