@@ -277,10 +277,10 @@ def test_bundled_model_generates_real_pairs(tmp_path):
     from labeling.prompt_sets import load_set
 
     loaded = load_model(LoadSettings(model="bundled", device="cpu"))
-    items = load_set("benign", limit=2) + load_set("harmful", limit=1)
+    items = load_set("benign", limit=1) + load_set("harmful", limit=1)
     store = LabelStore(tmp_path)
-    result = run_pair_job(loaded, items, SystemPrompt(max_new_tokens=24, seed=0), store, batch_size=3)
-    assert result.created == 3 and result.tokens > 0
+    result = run_pair_job(loaded, items, SystemPrompt(max_new_tokens=16, seed=0), store, batch_size=2)
+    assert result.created == 2 and result.tokens > 0
     pairs = store.list_pairs()
     assert all(p.response_a.strip() and p.response_b.strip() for p in pairs)
     assert all(p.model_a == loaded.name for p in pairs)
