@@ -18,7 +18,7 @@ import gradio as gr
 from alignment.models import LoadSettings, ModelLoadError
 from alignment.registry import ModelRegistry
 from alignment.settings import SettingsError
-from ui import compare, dataset, generate, label, playground, redteam
+from ui import compare, dataset, generate, label, playground, redteam, train
 from ui.context import AppContext
 from ui.shortcuts import LAUNCH_JS
 
@@ -29,7 +29,7 @@ INTRO = (
 )
 # (tab title, module) in the order users meet them; a tab is listed only once it exists.
 TABS = [("Playground", playground), ("Generate", generate), ("Label", label), ("Dataset", dataset),
-        ("Red-team", redteam), ("Compare", compare)]
+        ("Train", train), ("Red-team", redteam), ("Compare", compare)]
 
 
 def env(name: str, default: str | None = None) -> str | None:
