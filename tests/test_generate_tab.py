@@ -135,6 +135,9 @@ def test_a_labeler_is_refused_hub_push_and_pull(app):
     with pytest.raises(AppError, match="'lee' cannot pull datasets from the Hub: only admins"):
         labeler.predict("lee/prefs", api_name="/dataset_pull")
     assert not (app.data_dir / "hub").exists()
+    with pytest.raises(AppError, match="'lee' cannot export the labelled dataset: only admins"):
+        labeler.predict(1, api_name="/dataset_export_jsonl")
+    assert not (app.data_dir / "exports").exists()
 
 
 def test_an_uploaded_file_adds_its_prompts_and_says_what_was_skipped(app, tmp_path):

@@ -282,7 +282,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         return servable(path), f"Exported {count} preference rows to {path}{left_text}."
 
     def export_handler(suffix: str):
-        def handler(votes: Any) -> tuple[Any, str]:
+        # Admin-only: an export holds every label, rewrite and labeler name, which a public link must not hand out.
+        def handler(votes: Any, request: gr.Request) -> tuple[Any, str]:
+            require_admin(ctx, request, action="export the labelled dataset")
             return export_as(suffix, votes)
         return handler
 
