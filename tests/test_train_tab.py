@@ -13,14 +13,16 @@ from labeling.records import LabelRecord, PairRecord, as_messages
 from labeling.store import LabelStore
 from tests.apprunner import RunningApp
 from tests.conftest import free_port
+from tests.hub_server import HubServer, Token
 
 pytestmark = pytest.mark.app
 
 PAIRS = 24
 MAX_STEPS = 10
 ADMIN, LABELER = ("a", "pw"), ("b", "pw")
+HUB_TOKEN = "hf_alicewrite0123456789"
 # One thread per app: the test machine is shared, and torch's spinning worker threads slow a contended CPU ~5x.
-APP_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+APP_ENV = {"OMP_NUM_THREADS": "1"}
 FORM = {"run_name": "tiny-run", "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": MAX_STEPS,
         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64, "lora_r": 4,
         "lora_alpha": 8, "warmup": 0.0, "seed": 7, "eval_split": 0.2, "save_steps": 100, "merge_after": False}
@@ -64,14 +66,19 @@ def wait_for(client, done, timeout: float = 240, interval: float = 0.2) -> dict:
 
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
+    """The app, signed-in users a (admin) and b (labeler), and a local Hub server holding a's write token."""
     data_dir = tmp_path_factory.mktemp("train-data")
     runs_dir = tmp_path_factory.mktemp("train-runs")
     seed(data_dir)
+    hub = HubServer(tmp_path_factory.mktemp("hub"), {HUB_TOKEN: Token("alice", "write")}).start()
+    # Online, but the only Hub it can reach is the local test server.
+    env = {**APP_ENV, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": HUB_TOKEN}
     running = RunningApp(["--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--runs-dir", str(runs_dir),
-                          "--auth", "a:pw", "--auth", "b:pw", "--admins", "a"], free_port(), env=APP_ENV)
-    running.data_dir, running.runs_dir = data_dir, runs_dir
+                          "--auth", "a:pw", "--auth", "b:pw", "--admins", "a"], free_port(), env=env)
+    running.data_dir, running.runs_dir, running.hub = data_dir, runs_dir, hub
     yield running
     running.stop()
+    hub.stop()
 
 
 def plan_kwargs(**changes) -> dict:
@@ -136,6 +143,19 @@ def test_labelers_are_refused_every_privileged_action(app):
     assert status(labeler)["state"] == "idle"  # anyone may watch
 
 
+def test_a_run_that_fails_is_reported_and_the_app_stays_up(app):
+    from gradio_client import Client
+
+    client = Client(app.url, auth=ADMIN, verbose=False)
+    # The (local) Hub has no such dataset: the run fails on its thread, after Start has returned.
+    client.predict(**start_kwargs(run_name="fails", source_name="a file or Hub dataset",
+                                  dataset_name="nobody/missing-prefs"), api_name="/train_start")
+    failed = wait_for(client, lambda s: s["state"] not in ("running", "cancelling"))
+    assert failed["state"] == "failed" and "Could not load Hub dataset 'nobody/missing-prefs'" in failed["error"]
+    assert "**Failed:** Could not load Hub dataset" in client.predict(api_name="/train_status")[1]
+    assert "Memory plan" in client.predict(**plan_kwargs(), api_name="/train_plan")
+
+
 def test_train_cancel_resume_then_chat_with_the_adapter(app):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -195,3 +215,13 @@ def test_train_cancel_resume_then_chat_with_the_adapter(app):
     reply = history[-1]["content"]
     reply = "".join(p.get("text", "") for p in reply) if isinstance(reply, list) else reply
     assert history[-1]["role"] == "assistant" and reply.strip()
+
+    # Push with the token from HF_TOKEN; the message never shows it.
+    message = admin.predict(adapter, "alice/tiny-run-lora", True, api_name="/train_push_adapter")
+    assert "alice/tiny-run-lora" in message and HUB_TOKEN not in message
+    files = app.hub.files("alice/tiny-run-lora", repo_type="model")
+    assert files["adapter_model.safetensors"] == (app.runs_dir / "tiny-run" / "adapter" /
+                                                  "adapter_model.safetensors").read_bytes()
+    with pytest.raises(AppError, match="belongs to 'bob'") as refused:
+        admin.predict(adapter, "bob/tiny-run-lora", True, api_name="/train_push_adapter")
+    assert HUB_TOKEN not in str(refused.value)
