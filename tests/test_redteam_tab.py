@@ -85,7 +85,8 @@ def test_run_override_pairs_queue_and_restart(babbling_model_dir, tmp_path):
 
         metrics, chart, diagnosis, browser, status, *_ = run_small(admin)
         assert "Red-teamed 6 cases" in status
-        bars = [dict(zip(chart["columns"], row, strict=True)) for row in chart["data"]]
+        plot = chart["value"] if chart.get("__type__") == "update" else chart  # sent with its bar order
+        bars = [dict(zip(plot["columns"], row, strict=True)) for row in plot["data"]]
         assert bars and {b["side"] for b in bars} == {"base"} and all(0 <= b["harmful compliance %"] <= 100
                                                                           for b in bars)
         harmful_before = counts(data(metrics)[HARMFUL_ROW][1])

@@ -425,12 +425,15 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
 
     with gr.Accordion("Results", open=True):
         metrics = gr.Dataframe(headers=["metric", "base (before)", "aligned (after)"], value=[], interactive=False,
-                               wrap=True, label="Metrics: value (count/n) [95% interval]")
-        chart = gr.BarPlot(value=category_frame({}), x="bar", y="harmful compliance %", color="side",
-                           y_lim=[0, 100], label="Harmful compliance by category, before (base) and after (aligned)",
-                           x_label_angle=-40, height=320)
+                               wrap=True, label="Metrics: value (count/n) [95% interval]",
+                               column_widths=["30%", "35%", "35%"])
+        # Starts empty (None): an empty DataFrame would fix the y column's type as text for later updates.
+        chart = gr.BarPlot(value=None, x="bar", y="harmful compliance %", color="side", y_lim=[0, 100],
+                           label="Harmful compliance by category, before (base) and after (aligned)",
+                           x_label_angle=-40)
         diagnosis = gr.Dataframe(headers=["next step", "why", "concerns", "read more"], value=[], interactive=False,
-                                 wrap=True, label="Diagnosis: what to change next")
+                                 wrap=True, label="Diagnosis: what to change next",
+                                 column_widths=["35%", "35%", "15%", "15%"])
 
     with gr.Accordion("Case browser", open=True):
         with gr.Row():
@@ -491,8 +494,14 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
 
     # ------------------------------------------------------------------ helpers bound to this tab
 
+    def chart_view(summary: dict[str, Any]) -> Any:
+        frame = category_frame(summary)
+        if frame.empty:
+            return gr.BarPlot(value=None)
+        return gr.BarPlot(value=frame, sort=list(frame["bar"]))  # keep before/after next to each other
+
     def result_views(report: dict[str, Any], *filter_values: str) -> list[Any]:
-        return [metrics_table(report["summary"]), category_frame(report["summary"]),
+        return [metrics_table(report["summary"]), chart_view(report["summary"]),
                 diagnosis_table(report.get("diagnosis") or []), browser_rows(report["rows"], *filter_values)]
 
     def case_view(report: dict[str, Any], index: int) -> list[str]:
