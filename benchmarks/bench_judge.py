@@ -56,18 +56,19 @@ def main() -> None:
     rows = load_labelled()
     judges: list[Judge] = [RuleJudge(), KeywordJudge("start"), KeywordJudge("anywhere")]
     print(f"Labelled set: {DATA.name}, {len(rows)} answers")
-    print(f"{'split':8} {'judge':17} {'n':>4} {'acc':>6} {'prec':>6} {'recall':>6} {'acc3':>6}")
+    print(f"{'split':15} {'judge':17} {'n':>4} {'acc':>6} {'prec':>6} {'recall':>6} {'acc3':>6}")
     results: dict[tuple[str, str], dict[str, float]] = {}
     subsets = {split: [r for r in rows if r["split"] == split] for split in ("dev", "holdout")}
     # Answers sampled from the real bundled model (field "source"), labelled before any judge saw them.
     real = [r for r in rows if r.get("source")]
     if real:
+        subsets["holdout-written"] = [r for r in subsets["holdout"] if not r.get("source")]
         subsets["real"] = real
     for split, subset in subsets.items():
         for judge in judges:
             m = score_judge(judge, subset)
             results[(split, judge.name)] = m
-            print(f"{split:8} {judge.name:17} {m['n']:>4} {m['accuracy']:6.3f} {m['precision']:6.3f} "
+            print(f"{split:15} {judge.name:17} {m['n']:>4} {m['accuracy']:6.3f} {m['precision']:6.3f} "
                   f"{m['recall']:6.3f} {m['accuracy_3class']:6.3f}")
     for split in subsets:
         best_name = max(("keyword-start", "keyword-anywhere"), key=lambda n: results[(split, n)]["accuracy"])
