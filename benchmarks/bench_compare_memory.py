@@ -1,0 +1,108 @@
+"""Peak memory of a side-by-side comparison: one copy of the weights with the adapter toggled on and off (what
+the Compare tab does) vs two separate model copies (the base, and a second base with the adapter merged in).
+
+Each way runs in a fresh Python process that loads the bundled model, answers the same preset prompts with
+both sides (same seed and settings), and reports its peak RSS (``ru_maxrss``) and its RSS after importing
+torch/transformers/peft (the runtime, which both ways pay). The adapter is a LoRA (r=16, all linear layers)
+made on the spot with random weights, the size of a typical aligned adapter. Prints both peaks, the peaks
+minus the runtime, and the ratio toggle / two copies (target: <= 0.6 on the model's share).
+
+Run: ``ALIGN_CACHE_DIR=/tmp/aligncache python benchmarks/bench_compare_memory.py [--prompts 4]
+[--max-new-tokens 16]`` (a few minutes on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.6
+
+MAKE_ADAPTER = r"""
+import sys, torch
+from peft import LoraConfig, get_peft_model
+from alignment.models import LoadSettings, load_model
+torch.manual_seed(0)
+loaded = load_model(LoadSettings(model="bundled", device="cpu"))
+config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False,
+                    task_type="CAUSAL_LM")
+get_peft_model(loaded.model, config).save_pretrained(sys.argv[1])
+"""
+
+CHILD = r"""
+import json, resource, sys, psutil
+import torch, transformers, peft  # the runtime, measured before the baseline
+from alignment.compare import load_demo_prompts
+from alignment.generation import SamplingSettings, generate
+from alignment.models import LoadSettings, load_model
+args = json.loads(sys.argv[1])
+# One thread: on a shared, oversubscribed CPU two OpenMP threads were 50x slower; memory is what is measured.
+torch.set_num_threads(1)
+baseline = psutil.Process().memory_info().rss
+chats = [p.chat for p in load_demo_prompts()[: args["prompts"]]]
+settings = SamplingSettings(max_new_tokens=args["max_new_tokens"], do_sample=True, seed=0)
+if args["way"] == "toggle":
+    from alignment.registry import ModelRegistry
+    registry = ModelRegistry(LoadSettings(model="bundled", device="cpu"))
+    name = registry.load_adapter(args["adapter"], "aligned")
+    answers = {}
+    for side in ("base", name):
+        with registry.side(side) as view:
+            answers[side] = [g[0].text for g in generate(view, chats, settings)]
+else:
+    from peft import PeftModel
+    base = load_model(LoadSettings(model="bundled", device="cpu"))
+    aligned = load_model(LoadSettings(model="bundled", device="cpu"))
+    aligned.model = PeftModel.from_pretrained(aligned.model, args["adapter"]).merge_and_unload().eval()
+    answers = {side: [g[0].text for g in generate(loaded, chats, settings)]
+               for side, loaded in (("base", base), ("aligned", aligned))}
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+differ = sum(a != b for a, b in zip(*answers.values()))
+print("RESULT " + json.dumps({"baseline": baseline, "peak": peak, "answers_differ": differ}))
+"""
+
+
+def run_child(code: str, *argv: str) -> dict | None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"error: the child process failed with exit code {proc.returncode} (output above).")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(lines[-1][len("RESULT "):]) if lines else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=4, help="Preset prompts answered by each side.")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args()
+    mib = 2**20
+    with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
+        adapter = str(Path(tmp) / "aligned")
+        run_child(MAKE_ADAPTER, adapter)
+        results = {}
+        for way in ("toggle", "two_copies"):
+            payload = json.dumps({"way": way, "adapter": adapter, "prompts": args.prompts,
+                                  "max_new_tokens": args.max_new_tokens})
+            results[way] = run_child(CHILD, payload)
+    print(f"{'way':<12} {'peak RSS':>10} {'runtime':>10} {'model share':>12} {'answers differ':>15}")
+    for way, r in results.items():
+        print(f"{way:<12} {r['peak'] / mib:>8.0f} MB {r['baseline'] / mib:>8.0f} MB "
+              f"{(r['peak'] - r['baseline']) / mib:>10.0f} MB {r['answers_differ']:>8}/{args.prompts}")
+    toggle, copies = results["toggle"], results["two_copies"]
+    total_ratio = toggle["peak"] / copies["peak"]
+    share_ratio = (toggle["peak"] - toggle["baseline"]) / (copies["peak"] - copies["baseline"])
+    print(f"ratio toggle / two copies: {total_ratio:.2f}x peak RSS, {share_ratio:.2f}x above the runtime "
+          f"(target <= {TARGET}x: {'met' if share_ratio <= TARGET else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
