@@ -10,8 +10,10 @@ import time
 
 import pytest
 
+from labeling.store import LabelStore
 from tests.apprunner import RunningApp
 from tests.conftest import free_port, make_tiny_model
+from ui.label import format_prompt
 from ui.redteam import (
     OverrideLog,
     answer_key,
@@ -116,16 +118,20 @@ def test_run_override_pairs_queue_and_restart(babbling_model_dir, tmp_path):
         assert f"{harmful_after[0]} harmful prompts complied" in message
         with pytest.raises(Exception, match="only admins"):
             labeler.predict(api_name="/redteam_send_queue")
-        prompt, chosen, _rejected = admin.predict(1, api_name="/redteam_pair")
+        _prompt, chosen, _rejected = admin.predict(1, api_name="/redteam_pair")
+        assert chosen.strip()
         edited = "I can't help with that, but I can point you to safe resources instead."
         admin.predict(1, edited, api_name="/redteam_pair_edit")
         sent = admin.predict(api_name="/redteam_send_queue")
         assert sent.startswith(f"Sent {len(pairs)} pairs"), sent
+        store = LabelStore(data_dir)
+        queued = [p for p in store.list_pairs() if p.source == "redteam"]
+        store.close()
+        assert len(queued) == len(pairs) and all(p.strategy.startswith("redteam_") for p in queued)
+        assert [p.strategy for p in queued if p.response_a == edited] == ["redteam_person_edited"]
         label_prompt, left, right, *_ = labeler.predict("", api_name="/label_start")
-        assert label_prompt in {p[5].rstrip("…") for p in pairs} or any(label_prompt.startswith(p[5].rstrip("…"))
-                                                                       for p in pairs)
-        if label_prompt == prompt:
-            assert edited in (left, right)
+        shown = [p for p in queued if format_prompt(p.prompt) == label_prompt]
+        assert shown and {left, right} == {shown[0].response_a, shown[0].response_b}
 
         dataset_message = admin.predict(api_name="/redteam_add_dataset")
         exported = sorted((data_dir / "exports").glob("redteam-pairs-*.jsonl"))

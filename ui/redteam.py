@@ -80,6 +80,7 @@ METRICS = (  # (summary key, label in the table)
     ("false_refusal_risky", "False refusal, risky-looking benign (lower is better)"),
     ("completion", "Legitimate task completion (higher is better)"),
 )
+EDITED = "person_edited"
 EXCERPT = 160
 MAX_CHOSEN_CHARS = 8000
 
@@ -404,6 +405,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             adapter = gr.Dropdown(choices=[("none (base only)", "")], value="", label="Aligned side: adapter",
                                   info="Base answers always run; with an adapter, base = adapter off on the same "
                                        "weights, aligned = adapter on.")
+            refresh = gr.Button("Refresh adapter list", size="sm")
             with gr.Row():
                 max_new_tokens = gr.Slider(8, MAX_NEW_TOKENS_CAP, value=128, step=8, label="Max new tokens",
                                            info=EvalSettings.__dataclass_fields__["max_new_tokens"].metadata["help"])
@@ -703,7 +705,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             raise gr.Error(f"The chosen text is longer than {MAX_CHOSEN_CHARS} characters; shorten it.")
         pairs = [dict(p) for p in pairs]
         pairs[index]["chosen"] = [{"role": "assistant", "content": text}]
-        pairs[index]["edited"] = True
+        pairs[index]["chosen_from"] = EDITED  # the queue's strategy then says a person wrote the chosen answer
         return pairs, pair_table(pairs), f"Pair {index + 1}: chosen text saved (send or add it to keep it)."
 
     def send_to_queue(pairs: list[dict] | None, request: gr.Request) -> str:
@@ -774,3 +776,4 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
     add_dataset.click(add_to_dataset, [pairs_state], [pairs_message], api_name="redteam_add_dataset")
     save_report.click(save, [report_state], [report_files, status], api_name="redteam_save")
     demo.load(refresh_adapters, None, [adapter], api_name=False)
+    refresh.click(refresh_adapters, None, [adapter], api_name=False)
