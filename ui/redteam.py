@@ -14,7 +14,8 @@ utility metrics with 95% intervals, browse every answer, override the judge, and
   edited; "Send to labeling queue" stores them as pairs (strategy ``redteam_*``) for people to confirm, "Add to
   dataset" writes ``<data_dir>/exports/redteam-pairs-<time>.jsonl`` in TRL's conversational preference format.
 
-Untrusted text (prompts, answers, uploaded names) is shown only in plain text boxes and tables. Every action
+Open it with ``python app.py`` (Red-team tab). Running suites, uploading suites, overriding verdicts and sending
+pairs anywhere are admin-only (checked in each handler). Untrusted text (prompts, answers, uploaded names) is shown only in plain text boxes and tables. Every action
 is an API endpoint (``/redteam_run``, ``/redteam_override``, ``/redteam_send_queue`` ...) for gradio_client.
 """
 
