@@ -16,6 +16,7 @@ never as HTML. Every action is an API endpoint (``/compare_send``, ``/compare_vo
 from __future__ import annotations
 
 import random
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -87,8 +88,13 @@ def _verdict(verdict: dict[str, Any] | None) -> str:
     return f"{verdict['kind']} ({verdict['score']:.2f})" if verdict else ""
 
 
+def _plain(text: str) -> str:
+    """Text shown inside Markdown as typed: markdown punctuation and HTML are escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", str(text))
+
+
 def _names(left: str, right: str) -> str:
-    return f"**Left:** {left} · **Right:** {right}"
+    return f"**Left:** {_plain(left)} · **Right:** {_plain(right)}"
 
 
 def _preset_table(rows: list[ComparisonRow]) -> pd.DataFrame:
@@ -133,7 +139,8 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except ModelLoadError as exc:
             raise gr.Error(str(exc)) from exc
         sides = ctx.registry.sides()
-        return gr.update(choices=sides), gr.update(choices=sides, value=loaded_name), f"Loaded adapter **{loaded_name}**; it is now the right side."
+        return (gr.update(choices=sides), gr.update(choices=sides, value=loaded_name),
+                f"Loaded adapter **{_plain(loaded_name)}**; it is now the right side.")
 
     # -- chatting with both sides --------------------------------------------------------------------------
 
@@ -203,7 +210,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             status = "Which answer is better? Vote below; the names and the judge's verdicts show after your vote."
         else:
             rows = _keep(rows, [row])
-            status = (f"Judge: left ({left}) {_verdict(row.left_verdict)} · right ({right}) "
+            status = (f"Judge: left ({_plain(left)}) {_verdict(row.left_verdict)} · right ({_plain(right)}) "
                       f"{_verdict(row.right_verdict)}. Seed {settings.seed}.")
         yield shown_left, shown_right, "", state, names, status, rows
 
@@ -232,9 +239,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except (CompareError, LabelError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
         current = {**current, "last": {**last, "voted": True}}
-        said = {"left": f"the left side ({row.left})", "right": f"the right side ({row.right})", "tie": "a tie",
-                "both_bad": "both bad"}[action]
-        status = (f"Vote saved for {voter}: {said}. Judge: left {_verdict(row.left_verdict)} · right "
+        said = {"left": f"the left side ({_plain(row.left)})", "right": f"the right side ({_plain(row.right)})",
+                "tie": "a tie", "both_bad": "both bad"}[action]
+        status = (f"Vote saved for {_plain(voter)}: {said}. Judge: left {_verdict(row.left_verdict)} · right "
                   f"{_verdict(row.right_verdict)}.")
         return current, _names(row.left, row.right), status, _keep(rows, [row]), _win_rates(ctx)
 
