@@ -50,7 +50,7 @@ CHARTS = (("Loss", {"loss": "loss"}), ("Reward margin", {"rewards/margins": "mar
           ("Reward accuracy", {"rewards/accuracies": "accuracy"}),
           ("Chosen and rejected rewards", {"rewards/chosen": "chosen", "rewards/rejected": "rejected"}),
           ("Learning rate", {"learning_rate": "learning rate"}))
-RUN_COLUMNS = ["run", "steps", "loss", "reward accuracy", "eval reward accuracy", "base model", "dataset",
+RUN_COLUMNS = ["run", "steps", "loss", "accuracy", "eval accuracy", "base model", "dataset",
                "adapter folder"]
 TERMINAL = ("finished", "failed", "cancelled")
 
@@ -234,10 +234,10 @@ def status_markdown(status: dict[str, Any]) -> str:
         merged = Path(status["output_dir"] or "") / "merged"
         if status["output_dir"] and merged.is_dir():
             lines.append(f"Merged weights: `{merged}`")
-        final = {k: v for k, v in _final_metrics(status).items()}
+        final = _final_metrics(status)
         if final:
-            lines += ["", "| final metric | value |", "|---|---|"]
-            lines += [f"| {k} | {_fmt(v)} |" for k, v in final.items()]
+            lines.append("\n".join(["| final metric | value |", "|---|---|",
+                                     *[f"| {k} | {_fmt(v)} |" for k, v in final.items()]]))
     return "\n\n".join(lines)
 
 
@@ -255,10 +255,13 @@ def chart_frame(history: list[dict[str, Any]], series: dict[str, str]):
     """Long-format frame (step, value, series) of the training log lines, for gr.LinePlot."""
     import pandas as pd
 
-    rows = [{"step": int(record["step"]), "value": float(record[key]), "series": name}
-            for record in history if "loss" in record and not any(k.startswith("eval_") for k in record)
-            for key, name in series.items() if isinstance(record.get(key), (int, float))]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    points = [(int(record["step"]), float(record[key]), name)
+              for record in history if "loss" in record and not any(k.startswith("eval_") for k in record)
+              for key, name in series.items() if isinstance(record.get(key), (int, float))]
+    steps, values, names = zip(*points, strict=True) if points else ((), (), ())
+    # Explicit dtypes, so an empty frame still has numeric columns.
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "value": pd.Series(values, dtype="float64"),
+                         "series": pd.Series(names, dtype="str")})
 
 
 def status_details(status: dict[str, Any]) -> dict[str, Any]:
@@ -500,7 +503,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             return (last, *([gr.skip()] * (3 + len(plots) + 3)))
         if not full and last is not None and status["state"] == "failed" and last[:2] != key[:2]:
             gr.Warning(f"Training {status['run_name']} failed: {status['error']}")
-        plot_values = [chart_frame(status["history"], series) for _, series in CHARTS]
+        # No data is sent as None, never as an empty frame: a LinePlot (gradio 6.31) that once got an empty frame
+        # draws no lines for later data.
+        plot_values = [frame if len(frame) else None
+                       for frame in (chart_frame(status["history"], series) for _, series in CHARTS)]
         finished_now = status["state"] == "finished" and (full or last is None or last[1] != "finished"
                                                            or last[0] != key[0])
         if finished_now:
