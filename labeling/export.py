@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from labeling.records import CHOICES, LabelRecord, PairRecord
-from labeling.store import LabelError, LabelStore, db_path
+from labeling.store import VOTE_ONLY_STRATEGIES, LabelError, LabelStore, db_path
 
 EXPORT_SUFFIXES = (".jsonl", ".parquet")
 
@@ -106,6 +106,9 @@ def build_rows_with_reasons(
     reasons: Counter = Counter()
     for pair in store.list_pairs():
         pair_labels = by_pair.get(pair.pair_id, [])
+        if not include_votes and pair.strategy in VOTE_ONLY_STRATEGIES:
+            reasons["compare_votes_not_included"] += 1
+            continue
         if not pair_labels:
             reasons["unlabeled"] += 1
             continue

@@ -31,7 +31,7 @@ from alignment.compare import (
     write_export,
 )
 from alignment.generation import SamplingSettings
-from labeling.export import build_preference_rows
+from labeling.export import build_preference_rows, build_rows_with_reasons
 from labeling.records import LabelRecord, PairRecord
 from labeling.store import LabelStore
 
@@ -183,6 +183,8 @@ def test_blind_votes_are_stored_hidden_from_labelers_and_can_join_the_dataset(tm
     assert store.active_labels(kind="label") == []
     assert store.next_pair("bo") is None, "compare pairs must not reach the Label tab"
     assert build_preference_rows(store) == []
+    _, reasons = build_rows_with_reasons(store)
+    assert reasons == {"compare_votes_not_included": 1}, "a vote pair is not unlabelled work"
     (row,) = build_preference_rows(store, include_votes=True)
     assert row["chosen"][0]["content"].startswith("I won't write that")
     assert row["rejected"][0]["content"].startswith("Dear customer")
