@@ -524,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded.model = PeftModel.from_pretrained(loaded.model, args.adapter,
                                                      adapter_name=options.get("adapter_name", "aligned"))
             loaded.model.eval()
+            if strategy.name != "adapter":  # both sides come from the adapted model, so name pairs after it
+                loaded.name = f"{loaded.name} + {args.adapter}"
         print(f"{len(prompts)} prompts, strategy {strategy.name}, batch size {args.batch_size}", file=sys.stderr)
         result = run_pair_job(loaded, prompts, strategy, store, batch_size=args.batch_size,
                               on_progress=TextProgress())

@@ -258,6 +258,23 @@ def test_cli_generates_pairs_into_the_data_dir(tiny_model_dir, tmp_path, capsys)
     assert len(pairs) == 4 and {p.source for p in pairs} == {"upload:p.txt", "builtin:risky_benign"}
 
 
+def test_cli_adapter_strategy_loads_a_saved_adapter(tiny_model_dir, bundled_tokenizer, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import make_tiny_model
+
+    adapter_dir = tmp_path / "adapter"
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(make_tiny_model(bundled_tokenizer), config).save_pretrained(adapter_dir)
+    data = tmp_path / "data"
+    code = main(["--data-dir", str(data), "--model", str(tiny_model_dir), "--device", "cpu", "--set", "benign",
+                 "--limit", "2", "--strategy", "adapter", "--adapter", str(adapter_dir), "--max-new-tokens", "4"])
+    assert code == 0, capsys.readouterr().err
+    pairs = LabelStore(data).list_pairs()
+    assert len(pairs) == 2
+    assert all(p.model_b == f"{p.model_a} + {adapter_dir}" for p in pairs)
+
+
 def test_cli_errors_are_clear_and_nonzero(tiny_model_dir, tmp_path, capsys):
     code = main(["--data-dir", str(tmp_path), "--model", str(tiny_model_dir), "--strategy", "written"])
     assert code == 2 and "No prompts chosen" in capsys.readouterr().err
