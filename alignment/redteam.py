@@ -347,12 +347,16 @@ def render(variant: TemplateVariant, behaviour: Behaviour, topics: dict[str, str
 
 
 def _round_robin(items: list[dict], key: str) -> list[dict]:
-    """Interleave items by ``key`` so a small sample still covers every category."""
+    """Interleave items by ``key`` so a small sample still covers every category.
+
+    Groups are taken in order of first appearance in the (already shuffled) items, not alphabetically, so a
+    sample smaller than the number of categories does not always favour the same categories in every template.
+    """
     groups: dict[str, list[dict]] = defaultdict(list)
     for item in items:
         groups[item[key]].append(item)
     out: list[dict] = []
-    queues = [groups[k] for k in sorted(groups)]
+    queues = list(groups.values())
     while any(queues):
         for queue in queues:
             if queue:

@@ -73,6 +73,11 @@ def test_small_samples_still_spread_over_categories():
     assert {c["category"] for c in cases} == set(CATEGORIES)
 
 
+def test_samples_smaller_than_the_category_count_do_not_always_pick_the_same_categories():
+    cases = build_cases(suites=["harmful"], limit_per_template=6)
+    assert {c["category"] for c in cases} == set(CATEGORIES)
+
+
 def test_train_cases_never_contain_heldout_behaviours_or_variants(suite):
     heldout_behaviours = {b.id for b in suite.behaviours if b.split == "heldout"}
     heldout_variants = {v.id for v in suite.variants if v.split == "heldout"}
