@@ -367,7 +367,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             private = gr.Checkbox(value=True, label="Private", scale=1)
             push_btn = gr.Button("Push adapter to the Hub", scale=1)
         runs_md = gr.Markdown()
-    timer = gr.Timer(POLL_SECONDS)
+    # Ticks only while a run is active (Start, Resume or a page load during a run switch it on), so idle pages and
+    # labelers' browsers do not poll.
+    timer = gr.Timer(POLL_SECONDS, active=False)
 
     form_inputs = [fields[name] for name in FORM_FIELDS]
 
@@ -422,7 +424,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
               per_device_train_batch_size: float, gradient_accumulation_steps: float, max_length: float,
               lora_r: float, lora_alpha: float, warmup: float, seed: float, eval_split: float, save_steps: float,
               merge_after: bool,
-              request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str, str]:
+              request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
         form = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         require_admin(ctx, request, profile, "start training")
         refuse_if_running()
@@ -458,10 +460,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         config = build_config(ctx, recipe_name, model_name, form, overrides_text, data_path)
         launch(config, budget_text, force_start, resume=False)
         gr.Info(f"Training {config.run_name} started on {len(rows) if rows else 'the'} pairs.")
-        return plan_markdown(memory, config), *poll_texts()
+        return plan_markdown(memory, config), *poll_texts(), gr.Timer(active=True)
 
     def resume(run_name: str, budget_text: str, force_start: bool, request: gr.Request,
-               profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
+               profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
         require_admin(ctx, request, profile, "resume training")
         refuse_if_running()
         name = (run_name or "").strip()
@@ -482,7 +484,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
                            "new run name) to train from the beginning.", title="Nothing to resume")
         launch(config, budget_text, force_start, resume=True)
         gr.Info(f"Resuming {name} from {Path(latest_checkpoint(config)).name}.")
-        return poll_texts()
+        return *poll_texts(), gr.Timer(active=True)
 
     def cancel(request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
         require_admin(ctx, request, profile, "cancel training")
@@ -500,7 +502,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         status = ctx.training.status()
         key = (status["run_name"], status["state"], status["step"], len(status["history"]), status["phase"])
         if not full and key == last:
-            return (last, *([gr.skip()] * (3 + len(plots) + 3)))
+            return (last, *([gr.skip()] * (3 + len(plots) + 4)))
         if not full and last is not None and status["state"] == "failed" and last[:2] != key[:2]:
             gr.Warning(f"Training {status['run_name']} failed: {status['error']}")
         # No data is sent as None, never as an empty frame: a LinePlot (gradio 6.31) that once got an empty frame
@@ -515,9 +517,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         else:
             table, pick = gr.skip(), gr.skip()
         return (key, progress_markdown(status), status_markdown(status), status_details(status), *plot_values,
-                table, pick, gr.skip())
+                table, pick, gr.skip(), gr.Timer(active=status["state"] in ("running", "cancelling")))
 
-    poll_outputs = [seen, progress_md, status_md, details, *plots, runs_table, adapter_pick, runs_md]
+    poll_outputs = [seen, progress_md, status_md, details, *plots, runs_table, adapter_pick, runs_md, timer]
 
     def refresh_runs() -> tuple[Any, Any]:
         runs = ctx.training.list_adapters(ctx.runs_dir)
@@ -562,18 +564,23 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
 
     def on_load() -> tuple[Any, ...]:
         runs = ctx.training.list_adapters(ctx.runs_dir)
-        return (gr.update(value=fresh_run_name(recipe_values(first)["run_name"])) if first else gr.update(),
-                gr.update(value=base_model_name(ctx)), run_table(runs), gr.update(choices=run_choices(runs)))
+        polled = list(poll(None, full=True))
+        polled[poll_outputs.index(runs_table)] = run_table(runs)
+        if ctx.training.status()["state"] != "finished":  # a finished run's poll already picks its adapter
+            polled[poll_outputs.index(adapter_pick)] = gr.update(choices=run_choices(runs))
+        name = fresh_run_name(recipe_values(first)["run_name"]) if first else gr.skip()
+        return name, base_model_name(ctx), *polled
 
     # --- wiring -------------------------------------------------------------------------------------------------
 
     head_inputs = [recipe, model, source, dataset, overrides, budget]
     recipe.change(fill_from_recipe, [recipe], form_inputs, api_name="train_recipe")
     plan_btn.click(plan, head_inputs + form_inputs, [plan_md], api_name="train_plan")
-    start_btn.click(start, head_inputs + [force] + form_inputs, [plan_md, progress_md, status_md],
+    start_btn.click(start, head_inputs + [force] + form_inputs, [plan_md, progress_md, status_md, timer],
                     api_name="train_start")
     cancel_btn.click(cancel, None, [progress_md, status_md], api_name="train_cancel", concurrency_limit=None)
-    resume_btn.click(resume, [fields["run_name"], budget, force], [progress_md, status_md], api_name="train_resume")
+    resume_btn.click(resume, [fields["run_name"], budget, force], [progress_md, status_md, timer],
+                     api_name="train_resume")
     # Polling is a cheap read of the manager's status: never queue it behind generation.
     refresh_btn.click(lambda last: poll(last, full=True), [seen], poll_outputs, api_name="train_status",
                       concurrency_limit=None)
@@ -582,4 +589,4 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
     load_btn.click(load_adapter, [adapter_pick], [runs_md], api_name="train_load_adapter")
     load_current_btn.click(load_current, None, [runs_md], api_name="train_load_current")
     push_btn.click(push, [adapter_pick, repo, private], [runs_md], api_name="train_push_adapter")
-    demo.load(on_load, None, [fields["run_name"], model, runs_table, adapter_pick], api_name=False)
+    demo.load(on_load, None, [fields["run_name"], model, *poll_outputs], api_name=False)
