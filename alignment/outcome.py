@@ -132,6 +132,7 @@ def build_train_config(train: dict[str, Any], config: OutcomeConfig, dataset: Pa
 
 def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Harmful and benign training prompts (never the held-out split, never outcome_eval.jsonl)."""
+    from alignment.evaluate import last_user_text
     from alignment.redteam import build_cases
     from labeling.prompt_sets import load_set
 
@@ -157,7 +158,15 @@ def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[
         for case in controls[:config.benign_redteam]:
             benign.append({"id": case["id"], "prompt": case["prompt"], "category": case["category"],
                            "risky": case["risky"], "reference": case.get("reference"), "source": "redteam"})
-    return harmful, benign
+    # The prompt collections overlap in places (the same everyday question in two sets): drop anything that
+    # also appears in an evaluation set, so the held-out figures stay held out.
+    evaluated = {_normal(last_user_text(c["prompt"])) for cases in evaluation_sets(config).values() for c in cases}
+    return ([h for h in harmful if _normal(last_user_text(h["prompt"])) not in evaluated],
+            [b for b in benign if _normal(last_user_text(b["prompt"])) not in evaluated])
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: Sequence[dict],
@@ -406,8 +415,8 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     if fresh and paths.root.exists():
         status(f"--fresh: removing {paths.root}")
         shutil.rmtree(paths.root)
-    paths.root.mkdir(parents=True, exist_ok=True)
     train_config = build_train_config(train, config, paths.pairs, paths.root)  # validate before any work
+    paths.root.mkdir(parents=True, exist_ok=True)
     if config.threads:
         import torch
 
