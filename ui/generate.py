@@ -12,7 +12,6 @@ Every action is an API endpoint (``/prompts_builtin``, ``/prompts_typed``, ``/ge
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from labeling.pairs import STRATEGIES, PairJobError, make_strategy, run_pair_job
 from labeling.prompt_sets import PromptSetError, describe_sets, load_sets
 from labeling.records import PromptRecord
 from labeling.sources import ImportResult, SourceError, import_prompts, load_hub_dataset, parse_typed
+from ui.cancel import JobAlreadyRunning, SessionJobs
 from ui.context import AppContext
 from ui.identity import require_admin
 
@@ -96,8 +96,7 @@ def _int_or_none(value: Any, what: str) -> int | None:
 def build(ctx: AppContext, demo: gr.Blocks) -> None:
     # One cancel flag per browser session (request.session_hash), alive only while that session's job runs.
     # It lives in this build() call, so each app has its own and nothing is module-level.
-    cancel_flags: dict[str, threading.Event] = {}
-    flags_lock = threading.Lock()
+    jobs = SessionJobs()
 
     sets = describe_sets()
     all_categories = sorted({c for s in sets for c in s["categories"]})
@@ -248,16 +247,14 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             job_strategy = make_strategy(strategy_name, options)
         except (SettingsError, ValueError) as exc:
             raise gr.Error(str(exc)) from exc
-        session = request.session_hash or "local"
-        stop = threading.Event()
-        with flags_lock:
-            if session in cancel_flags:
-                raise gr.Error("A job of yours is already running; wait for it or cancel it.")
-            cancel_flags[session] = stop
-
         def on_progress(done: int, total: int) -> None:
             progress((done, total), desc="Generating pairs", unit="prompts")
 
+        session = request.session_hash or "local"
+        try:
+            stop = jobs.start(session)
+        except JobAlreadyRunning:
+            raise gr.Error("A job of yours is already running; wait for it or cancel it.") from None
         try:
             loaded = ctx.registry.loaded
             if strategy_name != "adapter" and ctx.registry.adapters():
@@ -274,16 +271,12 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except (ModelLoadError, PairJobError, SettingsError) as exc:
             raise gr.Error(str(exc)) from exc
         finally:
-            with flags_lock:
-                cancel_flags.pop(session, None)
+            jobs.finish(session)
         return outcome.message
 
     def cancel_job(request: gr.Request) -> str:
-        with flags_lock:
-            flag = cancel_flags.get(request.session_hash or "local")
-        if flag is None:
+        if not jobs.cancel(request.session_hash or "local"):
             return "No job of yours is running."
-        flag.set()
         return "Stopping after the current batch; pairs already made are kept."
 
     def refresh_choices() -> tuple[Any, Any]:

@@ -60,6 +60,7 @@ from alignment.registry import BASE
 from alignment.settings import SettingsError
 from labeling.records import as_messages
 from labeling.store import LabelError
+from ui.cancel import JobAlreadyRunning, SessionJobs
 from ui.context import AppContext
 from ui.identity import require_admin
 
@@ -368,8 +369,7 @@ def _timestamp() -> str:
 
 def build(ctx: AppContext, demo: gr.Blocks) -> None:
     # Per-session cancel flags, alive only while that session's run lasts; owned by this build() call.
-    cancel_flags: dict[str, threading.Event] = {}
-    flags_lock = threading.Lock()
+    jobs = SessionJobs()
     overrides = OverrideLog(ctx.data_dir)
 
     report_state = gr.State(None)
@@ -565,11 +565,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             raise gr.Error("These choices select no cases: widen the categories, templates or split.")
 
         session = request.session_hash or "local"
-        stop = threading.Event()
-        with flags_lock:
-            if session in cancel_flags:
-                raise gr.Error("A red-team run of yours is already running; wait for it or cancel it.")
-            cancel_flags[session] = stop
+        try:
+            stop = jobs.start(session)
+        except JobAlreadyRunning:
+            raise gr.Error("A red-team run of yours is already running; wait for it or cancel it.") from None
         started = time.monotonic()
 
         def on_progress(done: int, total: int) -> None:
@@ -587,8 +586,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except (ModelLoadError, EvaluationError, SettingsError) as exc:
             raise gr.Error(str(exc)) from exc
         finally:
-            with flags_lock:
-                cancel_flags.pop(session, None)
+            jobs.finish(session)
         report["meta"].update(model=ctx.registry.model_name, adapter=adapter_name,
                               adapter_path=ctx.registry.adapters().get(adapter_name or ""),
                               selection={"suites": part_values, "categories": category_values or "all",
@@ -611,11 +609,8 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
                 gr.update(value=""), gr.update(value=""), gr.update(value="aligned" if adapter_name else "base")]
 
     def cancel_run(request: gr.Request) -> str:
-        with flags_lock:
-            flag = cancel_flags.get(request.session_hash or "local")
-        if flag is None:
+        if not jobs.cancel(request.session_hash or "local"):
             return "No red-team run of yours is running."
-        flag.set()
         return "Stopping after the current batch; nothing is scored from a cancelled run."
 
     def filter_cases(report: dict[str, Any] | None, category: str, template: str, verdict_value: str, side: str,
