@@ -66,8 +66,11 @@ def test_compare_tab_end_to_end(running) -> None:
 
     # Named sides: both stream, with the same seed, and differ because the weights differ.
     left_chat, right_chat, message, names, status = eve.predict(
-        "Say hello.", [], [], "base", "aligned", False, "unknown", *SAMPLING, api_name="/compare_send")
+        "Say <b>hello</b>.", [], [], "base", "aligned", False, "unknown", *SAMPLING, api_name="/compare_send")
     assert message == ""
+    shown = left_chat[0]["content"]
+    shown = shown if isinstance(shown, str) else "".join(part["text"] for part in shown)
+    assert shown == "Say &lt;b&gt;hello&lt;/b&gt;.", "prompts must reach the Chatbot escaped, to show as text"
     assert last_answer(left_chat) and last_answer(right_chat)
     assert last_answer(left_chat) != last_answer(right_chat)
     assert "**Left:** base" in names and "**Right:** aligned" in names

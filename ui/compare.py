@@ -54,6 +54,7 @@ from alignment.settings import SettingsError
 from labeling.store import LabelError
 from ui.context import AppContext
 from ui.identity import labeler_name, require_admin, signed_in_user, user_slot
+from ui.safe_text import chat_from_display, display_chat
 
 MAX_MESSAGE_CHARS = 4000
 MAX_SESSION_ROWS = 500  # comparisons kept per browser session for export
@@ -72,16 +73,6 @@ def _sampling(max_new_tokens: float, do_sample: bool, temperature: float, top_p:
                                 system_prompt=(system_prompt or "").strip() or None)
     except (SettingsError, TypeError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
-
-
-def _history_to_chat(history: list[dict[str, Any]] | None) -> list[dict[str, str]]:
-    chat = []
-    for message in history or []:
-        content = message.get("content")
-        if isinstance(content, list):  # gradio may give content parts
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-        chat.append({"role": str(message.get("role")), "content": str(content or "")})
-    return chat
 
 
 def _verdict(verdict: dict[str, Any] | None) -> str:
@@ -150,7 +141,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             raise gr.Error("Pick a preset from the list.")
         earlier = preset.chat[:-1]
         history = [dict(m) for m in earlier]
-        return history, [dict(m) for m in earlier], preset.chat[-1]["content"], preset.intended_label, None, \
+        return display_chat(history), display_chat(earlier), preset.chat[-1]["content"], preset.intended_label, None, \
             _names("", ""), f"Preset **{preset.id}** ({preset.kind}): press Send to compare."
 
     def send(message: str, left_history: list[dict[str, Any]], right_history: list[dict[str, Any]],
@@ -168,7 +159,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except (CompareError, ModelLoadError) as exc:
             raise gr.Error(str(exc)) from exc
         settings = with_seed(_sampling(max_new_tokens, do_sample, temperature, top_p, seed, system_prompt))
-        left_chat, right_chat = _history_to_chat(left_history), _history_to_chat(right_history)
+        left_chat, right_chat = chat_from_display(left_history), chat_from_display(right_history)
         selection = [sorted((left_choice, right_choice)), bool(blind)]
         # A chat this tab answered carries its sides in the state; a preset's earlier turns start a new one.
         continuing = bool(current and current.get("last"))
@@ -189,13 +180,13 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         shown_left = [*left_chat, {"role": "assistant", "content": ""}]
         shown_right = [*right_chat, {"role": "assistant", "content": ""}]
         status = f"Answering with seed {settings.seed}: left first, then right (one copy of the weights)."
-        yield shown_left, shown_right, "", state, names, status, rows
+        yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
         try:
             with user_slot(ctx, request, what="comparison"):
                 for left_text, right_text in stream_sides(ctx.registry, left, right, left_chat, right_chat,
                                                           settings):
                     shown_left[-1]["content"], shown_right[-1]["content"] = left_text, right_text
-                    yield shown_left, shown_right, "", state, names, status, rows
+                    yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
         except (ModelLoadError, SettingsError) as exc:
             raise gr.Error(str(exc)) from exc
         row = ComparisonRow(prompt=left_chat, left=left, right=right, left_answer=shown_left[-1]["content"],
@@ -212,7 +203,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             rows = _keep(rows, [row])
             status = (f"Judge: left ({_plain(left)}) {_verdict(row.left_verdict)} · right ({_plain(right)}) "
                       f"{_verdict(row.right_verdict)}. Seed {settings.seed}.")
-        yield shown_left, shown_right, "", state, names, status, rows
+        yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
 
     def clear() -> tuple[Any, ...]:
         return [], [], "", None, _names("", ""), ""

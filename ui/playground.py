@@ -4,7 +4,6 @@ and see the model's facts (name, parameters, device, dtype, memory in use).
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from alignment.registry import BASE
 from alignment.settings import SettingsError
 from ui.context import AppContext
 from ui.identity import user_slot
+from ui.safe_text import display_chat
 
 MAX_MESSAGE_CHARS = 4000
 
@@ -37,12 +37,6 @@ def facts_markdown(ctx: AppContext) -> str:
         f"| Weights in memory | {facts['memory_mb']:.0f} MB |\n| Process memory (RSS) | {rss:.0f} MB |\n"
         f"| Adapters loaded | {adapters} |"
     )
-
-
-def for_display(chat: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The chat as the Chatbot shows it: HTML escaped, so prompts and model output appear as the text they are
-    (markdown still renders) and can never become live HTML or script."""
-    return [{"role": m["role"], "content": html.escape(m["content"], quote=False)} for m in chat]
 
 
 def build(ctx: AppContext, demo: gr.Blocks) -> None:
@@ -70,11 +64,11 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             with user_slot(ctx, request), ctx.registry.side(side or BASE) as view:
                 for text in stream_chat(view, chat, settings):
                     answer["content"] = text
-                    yield for_display([*chat, answer]), chat, ""
+                    yield display_chat([*chat, answer]), chat, ""
         except ModelLoadError as exc:
             raise gr.Error(str(exc)) from exc
         chat = [*chat, answer]
-        yield for_display(chat), chat, ""
+        yield display_chat(chat), chat, ""
 
     raw_chat = gr.State([])
     with gr.Row():
