@@ -137,7 +137,7 @@ def child(mode: str, args: dict) -> dict:
         eval_acc, eval_margin = metrics.get("eval_rewards/accuracies"), metrics.get("eval_rewards/margins")
         epochs, max_length, full = 1, seed.max_length, True
     tokens = count_tokens(list(train_set), tokenizer, max_length) * epochs
-    pairs = len(train_set) * epochs
+    pairs = int(len(train_set) * epochs)
     return {
         "mode": mode, "pairs": pairs, "train_seconds": runtime, "seconds_per_pair": runtime / pairs,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
