@@ -1,9 +1,10 @@
-"""Browser end to end in headless Chromium: sign in, label with the keyboard and watch progress change, and
-check that HTML and script in prompts, answers and chat messages are shown as text and never run."""
+"""Browser end to end in headless Chromium: sign in, label with the keyboard and watch progress change, train a
+tiny run from the Train tab and compare base and aligned; and check that HTML and script in prompts, answers
+and chat messages are shown as text and never run. Screenshots land in test-artifacts/."""
 
 import pytest
 
-from labeling.records import PairRecord, as_messages
+from labeling.records import LabelRecord, PairRecord, as_messages
 from labeling.store import LabelStore
 from tests.apprunner import RunningApp
 from tests.browser import screenshot
@@ -21,9 +22,17 @@ def app(tiny_model_dir, tmp_path_factory):
     store = LabelStore(data)
     store.add_pairs([PairRecord(prompt=as_messages(f"Summarise <b>note {i}</b>"), response_a=XSS_A,
                                 response_b=XSS_B, strategy="test", model_a="m", model_b="m") for i in range(3)])
+    # Already-labelled pairs for the training step (k=1, so the Label tab never serves them).
+    trained = [PairRecord(prompt=as_messages(f"Plan task {i} for the week"), response_a=f"Here is a plan for task {i}.",
+                          response_b="I can't help with that.", strategy="seed", model_a="m", model_b="m")
+               for i in range(8)]
+    store.add_pairs(trained)
+    for pair in trained:
+        store.record_label(LabelRecord(pair_id=pair.pair_id, labeler="seeder", choice="a", left="a"))
     store.close()
-    running = RunningApp(["--model", str(tiny_model_dir), "--data-dir", str(data), "--auth", "ann:pw-ann",
-                          "--auth", "bob:pw-bob", "--admins", "ann"], free_port())
+    running = RunningApp(["--model", str(tiny_model_dir), "--data-dir", str(data), "--runs-dir",
+                          str(tmp_path_factory.mktemp("runs")), "--auth", "ann:pw-ann", "--auth", "bob:pw-bob",
+                          "--admins", "ann"], free_port(), env={"OMP_NUM_THREADS": "1"})
     yield running, data
     running.stop()
 
@@ -76,3 +85,31 @@ def test_untrusted_text_is_shown_as_text_and_runs_nothing(app, page):
     assert any('<img src=x onerror="window.__xss=3">' in text and "<script>" in text for text in bubbles), bubbles
     assert page.evaluate("window.__xss") is None
     assert page.locator("img[src='x']").count() == 0
+
+
+def test_admin_trains_a_tiny_run_and_compares_base_with_aligned(app, page):
+    running, _ = app
+    sign_in(page, running.url, "ann", "pw-ann")
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_text("No training run yet.").wait_for()  # the page's load event has filled the form
+    page.get_by_label("Run name").fill("browser-run")
+    for label, value in (("Max steps (-1 = by epochs)", "2"), ("Batch size", "2"), ("Gradient accumulation", "1"),
+                         ("Max length (tokens)", "64"), ("Eval split", "0"), ("Save a checkpoint every N steps", "1")):
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Run browser-run: finished").wait_for(timeout=240_000)
+    screenshot(page, "train-tab")
+    page.get_by_role("button", name="Load as aligned model").click()
+    page.get_by_text("browser-run", exact=False).first.wait_for()
+
+    page.get_by_role("tab", name="Compare").click()
+    right = page.get_by_label("Right side")
+    right.fill("browser-run")
+    right.press("Enter")
+    page.wait_for_timeout(1500)  # let the side change settle: it resets the comparison
+    page.get_by_label("Message (sent to both sides)").fill("Create a task to water the plants")
+    page.get_by_role("button", name="Send to both").click()
+    page.get_by_text("Judge:", exact=False).first.wait_for(timeout=120_000)
+    screenshot(page, "compare-tab")
+    answers = page.locator(".message").evaluate_all("els => els.map(e => e.textContent)")
+    assert sum("water the plants" in text for text in answers) >= 2, answers
