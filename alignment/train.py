@@ -340,18 +340,6 @@ Load it with `alignment.models` as the base plus this folder, or with peft:
 """
 
 
-def _drop_gguf_marker(model: Any) -> None:
-    """The cached conversion of a GGUF model (e.g. 'bundled') holds plain float weights but its config still
-    says quant_method gguf, which makes transformers' Trainer refuse to train it. The marker is stale: drop it."""
-    quant = getattr(model.config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if quant is not None and "gguf" in str(method).lower():
-        model.hf_quantizer = None
-        model.is_quantized = False
-        model.quantization_method = None
-        del model.config.quantization_config
-
-
 def _oom_message(what: str, plan: MemoryPlan | None, config: TrainConfig, shape: Any) -> str:
     hint = ""
     if plan is not None and shape is not None:
@@ -409,8 +397,6 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     except (ModelLoadError, SettingsError) as exc:
         raise TrainingError(str(exc)) from exc
     model, tokenizer = loaded.model, loaded.tokenizer
-    _drop_gguf_marker(model)
-
     output_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, output_dir / "config.yaml")
     metrics_path = output_dir / "metrics.jsonl"
