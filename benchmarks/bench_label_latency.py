@@ -1,16 +1,20 @@
 """Latency of "record a label and get the next pair" with 20 concurrent labelers over gradio_client.
 
-Run: .venv/bin/python benchmarks/bench_label_latency.py [--labelers 20] [--labels 10]
+Run: .venv/bin/python benchmarks/bench_label_latency.py [--labelers 20] [--labels 10] [--think 2.0]
 
 Starts the real app (model loaded lazily, so it is never touched) on a free port with a fresh data dir of
 pairs, then has N gradio_client sessions label concurrently and reports p50/p95/max per call. The baseline,
 measured in the same run, is the same work done by N threads calling the LabelStore directly, so the ratio is
 the HTTP + Gradio queue overhead. Target: p95 under 50 ms.
+
+``--think S`` makes each labeler pause a random 0..2S seconds between labels, as people do (reading two answers
+takes seconds); ``--think 0`` is the closed-loop worst case where all 20 click at once, non-stop.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -53,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labelers", type=int, default=20)
     parser.add_argument("--labels", type=int, default=10)
+    parser.add_argument("--think", type=float, default=2.0, help="Mean pause between labels, seconds.")
     args = parser.parse_args()
     needed = args.labelers * args.labels + args.labelers
 
@@ -82,7 +87,9 @@ def main() -> None:
             def over_http(name: str, times: list[float], lock: threading.Lock) -> None:
                 client = Client(app.url, verbose=False)
                 client.predict(name, api_name="/label_start")
+                pauses = random.Random(name)
                 for _ in range(args.labels):
+                    time.sleep(pauses.uniform(0, 2 * args.think))
                     start = time.perf_counter()
                     client.predict("", "", api_name="/label_left")
                     with lock:
@@ -96,6 +103,7 @@ def main() -> None:
         print(f"{name:32s} n={len(values):4d}  p50={statistics.median(values) * 1000:7.1f} ms  "
               f"p95={percentile(values, 0.95) * 1000:7.1f} ms  max={max(values) * 1000:7.1f} ms")
     p95 = percentile(measured, 0.95)
+    print(f"labelers: {args.labelers}, think time 0..{2 * args.think:g} s between labels")
     print(f"ratio p95 app / p95 direct: {p95 / percentile(baseline, 0.95):.1f}x")
     print(f"target p95 < 50 ms: {'met' if p95 < 0.050 else 'NOT met'} ({p95 * 1000:.1f} ms)")
 
