@@ -28,6 +28,7 @@ INTRO = (
     "stays helpful*: chat with it, label which of two answers is better, train with DPO, red-team, compare."
 )
 # (tab title, module) in the order users meet them; a tab is listed only once it exists.
+MAX_UPLOAD = "10mb"  # the same cap labeling.sources applies to prompt files; gradio refuses bigger uploads early
 TABS = [("Playground", playground), ("Generate", generate), ("Label", label), ("Dataset", dataset),
         ("Train", train), ("Red-team", redteam), ("Compare", compare)]
 
@@ -110,6 +111,10 @@ def start_hub_sync(ctx: AppContext, minutes: float) -> None:
 def build_demo(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
+        if ctx.on_space:
+            # Hugging Face sign-in (README front matter: hf_oauth): labels are credited to the account, and the
+            # Space's owner is an admin.
+            gr.LoginButton()
         for title, module in TABS:
             with gr.Tab(title):
                 module.build(ctx, demo)
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth or None, js=LAUNCH_JS,
+        max_file_size=MAX_UPLOAD,
         auth_message="Sign in to label. Ask the app's owner for an account.")
     sync = ctx.services.get("hub_sync")
     if sync is not None:

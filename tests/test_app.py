@@ -73,3 +73,20 @@ def test_bad_model_exits_with_a_message(tmp_path):
                              str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_on_a_space_the_page_offers_hugging_face_sign_in(tiny_model_dir, tmp_path):
+    from gradio_client import Client
+
+    running = RunningApp(["--model", str(tiny_model_dir), "--data-dir", str(tmp_path), "--lazy"], free_port(),
+                         # What a Space with hf_oauth sets; nothing here contacts huggingface.co until someone signs in.
+                         env={"SYSTEM": "spaces", "SPACE_ID": "owner/align-studio", "SPACE_AUTHOR_NAME": "owner",
+                              "OAUTH_CLIENT_ID": "test-client", "OAUTH_CLIENT_SECRET": "test-secret",
+                              "OAUTH_SCOPES": "openid profile", "OPENID_PROVIDER_URL": "http://127.0.0.1:9"})
+    try:
+        config = Client(running.url, verbose=False).config
+        labels = [str(component.get("props", {}).get("value", "")) for component in config["components"]
+                  if component.get("type") == "button"]
+        assert any("Sign in with Hugging Face" in label for label in labels), labels
+    finally:
+        running.stop()
