@@ -135,3 +135,26 @@ def test_cli_reports_bad_input_with_exit_2(tiny_model_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     code = main(["--config", str(recipe), "--set", "beta=-1"])
     assert code == 2 and "beta" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cpu_lora_recipe_trains_the_bundled_model_and_the_adapter_serves(tmp_path):
+    from alignment.generation import SamplingSettings, generate
+    from alignment.models import LoadSettings
+    from alignment.registry import ModelRegistry
+    from alignment.settings import load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_yaml(TrainConfig, repo / "recipes" / "cpu-lora.yaml", [
+        f"dataset={repo / 'benchmarks' / 'data' / 'safety_prefs.jsonl'}", f"output_dir={tmp_path / 'run'}",
+        "max_steps=2", "max_length=96", "eval_split=0", "save_steps=1"])
+    logs = []
+    result = train(config, on_log=logs.append)
+    assert result.state == "finished" and result.global_step == 2
+    assert any("loss" in record and math.isfinite(record["loss"]) for record in logs)
+    registry = ModelRegistry(LoadSettings(model="bundled", device="cpu"))
+    name = registry.load_adapter(result.adapter_dir)
+    with registry.side(name) as view:
+        answer = generate(view, [[{"role": "user", "content": "Create a task to call mum on Sunday."}]],
+                          SamplingSettings(max_new_tokens=16, do_sample=False))[0][0]
+    assert answer.tokens > 0 and answer.text.strip()
