@@ -519,3 +519,25 @@ if __name__ == "__main__":
             time.sleep(3600)
     except KeyboardInterrupt:
         hub.stop()
+
+
+# -- a ready-made Hub for tests: alice (write and read tokens) and bob (write) ---------------------------------
+
+ALICE_WRITE = "hf_alicewrite0123456789"
+ALICE_READ = "hf_aliceread0123456789"
+BOB_WRITE = "hf_bobwrite0123456789ab"
+
+
+def start_test_hub(storage, monkeypatch) -> HubServer:
+    """Start a server with alice's and bob's tokens and point huggingface_hub at it for this test."""
+    import huggingface_hub.constants as hub_constants
+
+    server = HubServer(storage, {ALICE_WRITE: Token("alice", "write"), ALICE_READ: Token("alice", "read"),
+                                 BOB_WRITE: Token("bob", "write")}).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    # The client reads these once at import; a test run may have set offline mode or a login cache.
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(storage.parent / "no-login" / "token"))
+    return server

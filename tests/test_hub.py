@@ -22,11 +22,9 @@ from labeling.hub import HubError, main, pull_dataset, push_dataset, read_status
 from labeling.hub_sync import EventLog, restore_from_hub, start_sync
 from labeling.records import LabelRecord, PairRecord
 from labeling.store import LabelStore
-from tests.hub_server import HubServer, Token
+from tests.hub_server import ALICE_READ, ALICE_WRITE, BOB_WRITE, start_test_hub
 
-WRITE = "hf_alicewrite0123456789"
-READ = "hf_aliceread0123456789"
-BOB = "hf_bobwrite0123456789ab"
+WRITE, READ, BOB = ALICE_WRITE, ALICE_READ, BOB_WRITE
 TOKENS = (WRITE, READ, BOB)
 REPO = "alice/refusal-prefs"
 CATEGORIES = ("fraud", "malware", "benign_coding")
@@ -35,16 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hub_constants
-
-    server = HubServer(tmp_path / "hub-storage", {WRITE: Token("alice", "write"), READ: Token("alice", "read"),
-                                                  BOB: Token("bob", "write")}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    # The client reads these once at import; a test run may have set offline mode or a login cache.
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    server = start_test_hub(tmp_path / "hub-storage", monkeypatch)
     yield server
     server.stop()
 

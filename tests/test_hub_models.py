@@ -8,26 +8,16 @@ import pytest
 
 from alignment.hub_models import push_adapter
 from labeling.hub import HubError
-from tests.hub_server import HubServer, Token
+from tests.hub_server import ALICE_READ, ALICE_WRITE, BOB_WRITE, start_test_hub
 
-WRITE = "hf_alicewrite0123456789"
-READ = "hf_aliceread0123456789"
-BOB = "hf_bobwrite0123456789ab"
+WRITE, READ, BOB = ALICE_WRITE, ALICE_READ, BOB_WRITE
 TOKENS = (WRITE, READ, BOB)
 REPO = "alice/tiny-refusal-lora"
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hub_constants
-
-    server = HubServer(tmp_path / "hub-storage", {WRITE: Token("alice", "write"), READ: Token("alice", "read"),
-                                                  BOB: Token("bob", "write")}).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "no-login" / "token"))
+    server = start_test_hub(tmp_path / "hub-storage", monkeypatch)
     yield server
     server.stop()
 
