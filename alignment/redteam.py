@@ -20,7 +20,7 @@ import random
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,8 @@ def suite_from_mapping(data: Any, source: str) -> Suite:
     return suite
 
 
-def _suite_from_jsonl(path: Path) -> Suite:
-    """JSONL: one entry per line with ``kind`` behaviour | template | benign (inferred when unambiguous)."""
-    suite = Suite()
+def _jsonl_objects(path: Path, shape: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, where, object) for each non-blank line; a line that is not a JSON object names itself and ``shape``."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -254,9 +253,16 @@ def _suite_from_jsonl(path: Path) -> Suite:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SuiteError(f"{where}: not valid JSON ({exc.msg}).") from exc
+            raise SuiteError(f"{where}: not valid JSON ({exc.msg}); {shape}") from exc
         if not isinstance(entry, dict):
-            raise SuiteError(f"{where}: each line must be a JSON object.")
+            raise SuiteError(f"{where}: {shape}")
+        yield number, where, entry
+
+
+def _suite_from_jsonl(path: Path) -> Suite:
+    """JSONL: one entry per line with ``kind`` behaviour | template | benign (inferred when unambiguous)."""
+    suite = Suite()
+    for _, where, entry in _jsonl_objects(path, "each line must be a JSON object."):
         kind = entry.get("kind") or ("behaviour" if "goal" in entry else "template" if "template" in entry
                                      else "benign" if entry.get("label") == "benign" or "reference" in entry
                                      else None)
@@ -460,16 +466,7 @@ def load_prompts(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise SuiteError(f"Prompts file {path} does not exist.")
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{where}: not valid JSON ({exc.msg}). Each line must be one JSON object.") from exc
-        if not isinstance(entry, dict):
-            raise SuiteError(f"{where}: each line must be a JSON object with prompt and label.")
+    for number, where, entry in _jsonl_objects(path, "each line must be a JSON object with prompt and label."):
         if "prompt" not in entry:
             raise SuiteError(f"{where}: 'prompt' is missing.")
         if entry.get("label") not in LABELS:
