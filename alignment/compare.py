@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignment.generation import SamplingSettings, generate, stream_chat
+from alignment.generation import SamplingSettings, generate
 from alignment.metrics import wilson_interval
 from alignment.models import ModelLoadError
 from alignment.settings import SettingsError
@@ -150,19 +150,17 @@ def with_seed(settings: SamplingSettings, rng: random.Random | None = None) -> S
 
 
 def stream_sides(registry: Any, left: str, right: str, left_chat: list[Message], right_chat: list[Message],
-                 settings: SamplingSettings) -> Iterator[tuple[str, str]]:
+                 settings: SamplingSettings, guard: Callable[[], Any] | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(left_text, right_text)`` as tokens arrive: the left side streams to its end, then the right.
 
     Each side holds the model lock only while it generates, so with one copy of the weights the two sides take
     turns rather than run in parallel; ``settings`` should carry a seed (see :func:`with_seed`).
     """
     left_text = right_text = ""
-    with registry.side(left) as view:
-        for left_text in stream_chat(view, left_chat, settings):
-            yield left_text, right_text
-    with registry.side(right) as view:
-        for right_text in stream_chat(view, right_chat, settings):
-            yield left_text, right_text
+    for left_text in registry.stream(left, left_chat, settings, guard=guard):
+        yield left_text, right_text
+    for right_text in registry.stream(right, right_chat, settings, guard=guard):
+        yield left_text, right_text
     yield left_text, right_text
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,8 +172,14 @@ def generate(
     return [r or [] for r in results]
 
 
-def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = None) -> Iterator[str]:
-    """Yield the growing response text for one chat as tokens arrive."""
+def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = None,
+                hold: Callable[[], AbstractContextManager[Any]] | None = None) -> Iterator[str]:
+    """Yield the growing response text for one chat as tokens arrive.
+
+    The generating thread holds the model's lock (or enters ``hold()``, which yields an object with ``.model``,
+    e.g. a registry side) for the generation only. A reader that stops reading, such as a browser that went
+    away mid-stream, therefore never keeps the model locked.
+    """
     from transformers import TextIteratorStreamer
 
     settings = settings or SamplingSettings()
@@ -187,10 +194,11 @@ def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = Non
         import torch
 
         try:
-            with lock, torch.inference_mode():
+            with (hold() if hold else lock) as held, torch.inference_mode():
+                generator = held.model if hold else model
                 _seed_everything(settings.seed)
-                model.generate(**enc, **settings.generate_kwargs(), streamer=streamer,
-                               eos_token_id=_eos_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+                generator.generate(**enc, **settings.generate_kwargs(), streamer=streamer,
+                                   eos_token_id=_eos_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
         except BaseException as exc:  # surfaced to the caller below
             error.append(exc)
             streamer.end()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,19 @@ class ModelRegistry:
             loaded.model.eval()
             self._adapters[name] = path
         return name
+
+    def stream(self, name: str, chat: list[dict[str, str]], settings: Any,
+               guard: Callable[[], contextlib.AbstractContextManager[Any]] | None = None) -> Iterator[str]:
+        """Stream one chat on a side. The side (and ``guard``, e.g. a per-user slot) is held by the generating
+        thread for the generation only, so a reader that stops reading never keeps the weights locked."""
+        from alignment.generation import stream_chat
+
+        @contextlib.contextmanager
+        def hold() -> Iterator[SideView]:
+            with guard() if guard else contextlib.nullcontext(), self.side(name) as view:
+                yield view
+
+        return stream_chat(self.loaded, chat, settings, hold=hold)
 
     @contextlib.contextmanager
     def side(self, name: str = BASE) -> Iterator[SideView]:

@@ -99,17 +99,22 @@ def test_admin_trains_a_tiny_run_and_compares_base_with_aligned(app, page):
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Run browser-run: finished").wait_for(timeout=240_000)
     screenshot(page, "train-tab")
-    page.get_by_role("button", name="Load as aligned model").click()
-    page.get_by_text("browser-run", exact=False).first.wait_for()
+    adapter = page.locator("code", has_text="/browser-run/adapter").first.inner_text()
 
     page.get_by_role("tab", name="Compare").click()
+    page.get_by_text("Load an adapter (admins)").click()
+    page.get_by_label("Adapter folder or Hub id").fill(adapter)
+    page.get_by_role("button", name="Load adapter").click()
+    page.get_by_text("it is now the right side", exact=False).wait_for(timeout=120_000)
     right = page.get_by_label("Right side")
     right.fill("browser-run")
     right.press("Enter")
     page.wait_for_timeout(1500)  # let the side change settle: it resets the comparison
     page.get_by_label("Message (sent to both sides)").fill("Create a task to water the plants")
     page.get_by_role("button", name="Send to both").click()
-    page.get_by_text("Judge:", exact=False).first.wait_for(timeout=120_000)
-    screenshot(page, "compare-tab")
+    try:
+        page.get_by_text("Judge:", exact=False).first.wait_for(timeout=180_000)
+    finally:
+        screenshot(page, "compare-tab")
     answers = page.locator(".message").evaluate_all("els => els.map(e => e.textContent)")
     assert sum("water the plants" in text for text in answers) >= 2, answers

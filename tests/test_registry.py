@@ -48,3 +48,15 @@ def test_bad_adapter_folder_and_unknown_side(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="No adapter named"):
         with registry.side("nope"):
             pass
+
+
+def test_an_abandoned_stream_does_not_keep_the_model_locked(tiny_model_dir):
+    registry = ModelRegistry(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    chat = [{"role": "user", "content": "Create a task to water the plants"}]
+    stream = registry.stream(BASE, chat, SamplingSettings(max_new_tokens=64, seed=1))
+    next(stream)  # a browser that read one piece and went away
+    lock = registry.loaded.lock
+    assert lock.acquire(timeout=120), "the generating thread must release the lock when generation ends"
+    lock.release()
+    with registry.side(BASE) as view:
+        assert generate(view, [chat], SamplingSettings(max_new_tokens=4, seed=1))[0][0].tokens > 0

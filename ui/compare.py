@@ -182,11 +182,11 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         status = f"Answering with seed {settings.seed}: left first, then right (one copy of the weights)."
         yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
         try:
-            with user_slot(ctx, request, what="comparison"):
-                for left_text, right_text in stream_sides(ctx.registry, left, right, left_chat, right_chat,
-                                                          settings):
-                    shown_left[-1]["content"], shown_right[-1]["content"] = left_text, right_text
-                    yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
+            # The per-user slot is held by the generating thread, so a closed browser cannot keep it.
+            for left_text, right_text in stream_sides(ctx.registry, left, right, left_chat, right_chat, settings,
+                                                      guard=lambda: user_slot(ctx, request, what="comparison")):
+                shown_left[-1]["content"], shown_right[-1]["content"] = left_text, right_text
+                yield display_chat(shown_left), display_chat(shown_right), "", state, names, status, rows
         except (ModelLoadError, SettingsError) as exc:
             raise gr.Error(str(exc)) from exc
         row = ComparisonRow(prompt=left_chat, left=left, right=right, left_answer=shown_left[-1]["content"],

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from alignment.generation import MAX_NEW_TOKENS_CAP, SamplingSettings, stream_chat
+from alignment.generation import MAX_NEW_TOKENS_CAP, SamplingSettings
 from alignment.models import ModelLoadError
 from alignment.registry import BASE
 from alignment.settings import SettingsError
@@ -61,10 +61,9 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         chat = [*(chat or []), {"role": "user", "content": message}]
         answer = {"role": "assistant", "content": ""}
         try:
-            with user_slot(ctx, request), ctx.registry.side(side or BASE) as view:
-                for text in stream_chat(view, chat, settings):
-                    answer["content"] = text
-                    yield display_chat([*chat, answer]), chat, ""
+            for text in ctx.registry.stream(side or BASE, chat, settings, guard=lambda: user_slot(ctx, request)):
+                answer["content"] = text
+                yield display_chat([*chat, answer]), chat, ""
         except ModelLoadError as exc:
             raise gr.Error(str(exc)) from exc
         chat = [*chat, answer]
