@@ -71,3 +71,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def train_one_dpo_step(dataset, model_dir, tokenizer, output_dir, max_length: int = 64):
+    """TRL's DPOTrainer, one step on a tiny model, as the tests use to prove a dataset is accepted as is."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=2,
+                       max_length=max_length, report_to="none", gradient_checkpointing=False, use_cpu=True,
+                       logging_steps=1, save_strategy="no", dataset_num_proc=None)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=config,
+                         train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return trainer

@@ -15,6 +15,7 @@ import pytest
 from labeling.export import ExportError, build_preference_rows, build_rows_with_reasons, export, main
 from labeling.records import LabelRecord, PairRecord
 from labeling.store import LabelStore
+from tests.conftest import train_one_dpo_step
 
 
 def pair(i: int, category: str = "violence", intended: str = "harmful") -> PairRecord:
@@ -200,8 +201,6 @@ def test_exported_file_trains_one_dpo_step(store: LabelStore, tmp_path: Path, su
                                            bundled_tokenizer, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import datasets
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
 
     pairs = [pair(i) for i in range(4)]
     store.add_pairs(pairs)
@@ -211,12 +210,7 @@ def test_exported_file_trains_one_dpo_step(store: LabelStore, tmp_path: Path, su
     assert export(store, out)[0] == 4
 
     dataset = datasets.load_dataset(suffix.lstrip(".").replace("jsonl", "json"), data_files=str(out), split="train")
-    config = DPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
-                       max_length=64, report_to="none", gradient_checkpointing=False, use_cpu=True,
-                       logging_steps=1, save_strategy="no", dataset_num_proc=None)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=config,
-                         train_dataset=dataset, processing_class=bundled_tokenizer)
-    trainer.train()
+    trainer = train_one_dpo_step(dataset, tiny_model_dir, bundled_tokenizer, tmp_path / "run", max_length=64)
     assert trainer.state.global_step == 1
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and math.isfinite(losses[0])

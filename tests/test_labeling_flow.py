@@ -11,7 +11,7 @@ import pytest
 
 from labeling.pairs import DEFAULT_SAFETY_PROMPT
 from tests.apprunner import RunningApp
-from tests.conftest import free_port
+from tests.conftest import free_port, train_one_dpo_step
 
 pytestmark = [pytest.mark.slow, pytest.mark.app]
 
@@ -52,16 +52,9 @@ def test_generate_label_export_train(tmp_path, tiny_model_dir, bundled_tokenizer
     assert {row["intended_label"] for row in rows} == {"benign", "harmful"}
 
     import datasets
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
 
     dataset = datasets.load_dataset("json", data_files=path, split="train")
-    config = DPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
-                       max_length=96, report_to="none", gradient_checkpointing=False, use_cpu=True,
-                       logging_steps=1, save_strategy="no", dataset_num_proc=None)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=config,
-                         train_dataset=dataset, processing_class=bundled_tokenizer)
-    trainer.train()
+    trainer = train_one_dpo_step(dataset, tiny_model_dir, bundled_tokenizer, tmp_path / "run", max_length=96)
     assert trainer.state.global_step == 1
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and math.isfinite(losses[0])
