@@ -116,8 +116,12 @@ def build_demo(ctx: AppContext) -> gr.Blocks:
             # Space's owner is an admin.
             gr.LoginButton()
         for title, module in TABS:
-            with gr.Tab(title):
-                module.build(ctx, demo)
+            with gr.Tab(title) as tab:
+                on_select = module.build(ctx, demo)
+            if on_select is not None:
+                # Model sides change at run time (an adapter loaded in the Train tab): opening a tab re-reads them.
+                refresh, outputs = on_select
+                tab.select(refresh, None, outputs, api_name=False, show_progress="hidden")
     return demo
 
 

@@ -52,7 +52,7 @@ from alignment.models import ModelLoadError
 from alignment.registry import BASE
 from alignment.settings import SettingsError
 from labeling.store import LabelError
-from ui.context import AppContext
+from ui.context import AppContext, TabRefresh
 from ui.identity import labeler_name, require_admin, signed_in_user, user_slot
 from ui.safe_text import chat_from_display, display_chat
 
@@ -105,7 +105,7 @@ def _keep(rows: list[dict[str, Any]] | None, new: list[ComparisonRow]) -> list[d
     return [*(rows or []), *(row.to_dict() for row in new)][-MAX_SESSION_ROWS:]
 
 
-def build(ctx: AppContext, demo: gr.Blocks) -> None:
+def build(ctx: AppContext, demo: gr.Blocks) -> TabRefresh:
     presets: list[DemoPrompt] = load_demo_prompts()
     by_title = {preset.title: preset for preset in presets}
 
@@ -374,3 +374,4 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         return gr.update(value=user, interactive=False) if user else gr.update()
 
     demo.load(fill_voter, None, voter, api_name=False)
+    return refresh_sides, [left_side, right_side]

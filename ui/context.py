@@ -12,12 +12,17 @@ owner signing in with Hugging Face.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignment.limits import UserLimiter
 from alignment.registry import ModelRegistry
+
+# What a tab's build() may return: a function and its output components, run when the tab is opened so that
+# what can change at run time (the loaded adapters) is current.
+TabRefresh = tuple[Callable[[], Any], list[Any]] | None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from alignment.generation import MAX_NEW_TOKENS_CAP, SamplingSettings
 from alignment.models import ModelLoadError
 from alignment.registry import BASE
 from alignment.settings import SettingsError
-from ui.context import AppContext
+from ui.context import AppContext, TabRefresh
 from ui.identity import user_slot
 from ui.safe_text import display_chat
 
@@ -39,7 +39,7 @@ def facts_markdown(ctx: AppContext) -> str:
     )
 
 
-def build(ctx: AppContext, demo: gr.Blocks) -> None:
+def build(ctx: AppContext, demo: gr.Blocks) -> TabRefresh:
     def respond(message: str, chat: list[dict[str, str]] | None, side: str, max_new_tokens: float,
                 do_sample: bool, temperature: float, top_p: float, seed: float | None, system_prompt: str,
                 request: gr.Request = None) -> Iterator[tuple[list[dict[str, str]], list[dict[str, str]], str]]:
@@ -106,3 +106,4 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
 
     refresh.click(refresh_facts, None, [facts, side], api_name="model_facts")
     demo.load(refresh_facts, None, [facts, side], api_name=False)
+    return refresh_facts, [facts, side]

@@ -343,7 +343,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         refresh_btn = gr.Button("Refresh status", size="sm")
     progress_md = gr.Markdown("No run yet.")
     status_md = gr.Markdown()
-    load_current_btn = gr.Button("Load as aligned model", size="sm")
+    with gr.Row():
+        load_current_btn = gr.Button("Load as aligned model", size="sm", scale=1)
+        # The answer sits next to the button: a message far below in "Finished runs" looked like nothing happened.
+        load_current_md = gr.Markdown(scale=4)
     plots = []
     with gr.Row():
         for title, _ in CHARTS[:3]:
@@ -502,7 +505,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         status = ctx.training.status()
         key = (status["run_name"], status["state"], status["step"], len(status["history"]), status["phase"])
         if not full and key == last:
-            return (last, *([gr.skip()] * (3 + len(plots) + 4)))
+            return (last, *([gr.skip()] * (len(poll_outputs) - 1)))
         if not full and last is not None and status["state"] == "failed" and last[:2] != key[:2]:
             gr.Warning(f"Training {status['run_name']} failed: {status['error']}")
         # No data is sent as None, never as an empty frame: a LinePlot (gradio 6.31) that once got an empty frame
@@ -517,9 +520,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         else:
             table, pick = gr.skip(), gr.skip()
         return (key, progress_markdown(status), status_markdown(status), status_details(status), *plot_values,
-                table, pick, gr.skip(), gr.Timer(active=status["state"] in ("running", "cancelling")))
+                table, pick, gr.Timer(active=status["state"] in ("running", "cancelling")))
 
-    poll_outputs = [seen, progress_md, status_md, details, *plots, runs_table, adapter_pick, runs_md, timer]
+    # No message box among the timer's outputs: a tick landing while Load or Push answered could hide their message.
+    poll_outputs = [seen, progress_md, status_md, details, *plots, runs_table, adapter_pick, timer]
 
     def refresh_runs() -> tuple[Any, Any]:
         runs = ctx.training.list_adapters(ctx.runs_dir)
@@ -587,6 +591,6 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
     timer.tick(poll, [seen], poll_outputs, api_name=False, concurrency_limit=None, show_progress="hidden")
     runs_btn.click(refresh_runs, None, [runs_table, adapter_pick], api_name="train_runs", concurrency_limit=None)
     load_btn.click(load_adapter, [adapter_pick], [runs_md], api_name="train_load_adapter")
-    load_current_btn.click(load_current, None, [runs_md], api_name="train_load_current")
+    load_current_btn.click(load_current, None, [load_current_md], api_name="train_load_current")
     push_btn.click(push, [adapter_pick, repo, private], [runs_md], api_name="train_push_adapter")
     demo.load(on_load, None, [fields["run_name"], model, *poll_outputs], api_name=False)
