@@ -9,7 +9,7 @@ How TRL 1.16 spends memory (read from trl/trainer/dpo_trainer.py):
 - chosen and rejected are concatenated into one batch of 2 × batch size sequences for a single forward;
 - with a peft model and no ref_model, the reference is the same weights with the adapter disabled, run under
   no_grad after the policy forward, so it costs a transient, not a second copy of the weights; reference
-  log-probs are NOT precomputed unless precompute_ref_log_probs is set (we leave it off);
+  log-probs are precomputed (before training, one forward over the data) only with precompute_reference;
 - full fine-tuning (lora_r 0) loads a second model as the reference;
 - log-probs come from a fused, chunked LM head (32768 tokens per chunk), so the (tokens × vocab) logits exist
   only one chunk at a time.
@@ -177,8 +177,11 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
     lora_params = trainable * trainable_bytes if lora else 0
     grads = trainable * trainable_bytes
     optimizer = trainable * 8  # AdamW: two float32 moments per trainable parameter
-    # Full fine-tuning: TRL loads a second, frozen copy of the model as the reference.
-    reference_weights = 0 if lora else weights
+    # Full fine-tuning: TRL loads a second, frozen copy of the model as the reference (not when the reference
+    # log-probs are precomputed: TRL then drops it).
+    reference_weights = 0 if lora or config.precompute_reference else weights
+    # Layers below the lowest adapter have nothing to train: autograd keeps no activations for them.
+    saved_layers = min(config.lora_layers, n_layers) if lora and config.lora_layers else n_layers
 
     seq = config.max_length or 1024
     if tokens_per_seq is not None:
@@ -191,14 +194,14 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         per_token_layer += (_LORA_ACT_H * h + _LORA_ACT_I * i) * act_bytes
     if config.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed (with its full activations) at a time.
-        activations = tokens * (n_layers * h * act_bytes + per_token_layer)
+        activations = tokens * (saved_layers * h * act_bytes + per_token_layer)
     else:
-        activations = tokens * n_layers * per_token_layer
+        activations = tokens * saved_layers * per_token_layer
     activations += tokens * h * act_bytes * 2  # embeddings output and final norm
     logits = min(tokens, _LOGPROB_CHUNK) * vocab * 4 * _LOGITS_COPIES
     # The reference forward runs after the policy forward, under no_grad: a transient of one layer; its logits
     # transient happens before the backward's, so the 'logits' part covers both.
-    reference = reference_weights + tokens * per_token_layer
+    reference = reference_weights + (0 if config.precompute_reference else tokens * per_token_layer)
     parts = {
         "weights": int(weights),
         "lora_params": int(lora_params),

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from alignment.settings import SettingsError, from_dict, parse_overrides, validate_range
+from alignment.settings import SettingsError, from_dict, parse_overrides, validate_choice, validate_range
 
 DEFAULT_CONFIG = "recipes/refusal-bundled-cpu.yaml"
 DEFAULT_OUTPUT = "runs/refusal-bundled-cpu"
@@ -78,6 +78,9 @@ class OutcomeConfig:
     eval_prompts: str = field(
         default="alignment/data/outcome_eval.jsonl",
         metadata={"help": "Independent evaluation prompts (JSONL); empty to skip."})
+    benign_refusal: str = field(
+        default="topical", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
+                                     "side's refusals, naming a harmful topic) or 'generic' (names no topic)."})
     threads: int = field(
         default=0, metadata={"help": "Torch CPU threads; 0 keeps torch's default. On a busy shared CPU, 1 is often "
                              "much faster than oversubscribing cores."})
@@ -89,6 +92,7 @@ class OutcomeConfig:
             validate_range(name, getattr(self, name), 0, 100000)
         for name in ("answer_tokens", "batch_size", "eval_max_new_tokens", "heldout_per_template"):
             validate_range(name, getattr(self, name), 1, 100000)
+        validate_choice("benign_refusal", self.benign_refusal, ("topical", "generic"))
         if not str(self.model).strip():
             raise SettingsError("model is empty; use 'bundled' or a local model folder.")
 
@@ -170,16 +174,17 @@ def _normal(text: str) -> str:
 
 
 def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: Sequence[dict],
-               benign_answers: Sequence[str | None], judge: Any, seed: int = 0
-               ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+               benign_answers: Sequence[str | None], judge: Any, seed: int = 0,
+               benign_refusal: str = "topical") -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference pairs in TRL's conversational format, and counts of what was used and skipped.
 
     Harmful: keep only prompts the base model did NOT refuse (its answer is the rejected side). Benign: the
     chosen side is the base answer when the judge calls it compliance, else the reference answer; the rejected
-    side is a refusal, which teaches the model not to refuse such requests.
+    side is a refusal, which teaches the model not to refuse such requests. ``benign_refusal`` 'topical' words it
+    like the harmful side's chosen refusals (naming a random harmful topic), 'generic' names no topic.
     """
     from alignment.evaluate import as_chat, last_user_text
-    from alignment.refusal_data import graceful_refusal
+    from alignment.refusal_data import TOPICS, graceful_refusal
 
     stats = {"harmful_prompts": len(harmful), "harmful_pairs": 0, "harmful_skipped_refused": 0,
              "benign_prompts": len(benign), "benign_pairs": 0, "benign_skipped_no_helpful_answer": 0}
@@ -207,8 +212,12 @@ def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: 
         if not helpful:
             stats["benign_skipped_no_helpful_answer"] += 1
             continue
-        # A generic refusal (no harmful topic named): the failure we teach against is refusing at all.
-        refusal = graceful_refusal(None, None, seed=f"{seed}:{item['id']}")
+        # Topical: the same wording as the harmful side's chosen answers, so the two kinds of pair differ only in
+        # the prompt, and the refusals the model learns for harm are exactly the ones pushed down here. With a
+        # generic refusal instead, the model refused plain requests in the harmful side's words (run 3).
+        topic = (random.Random(f"{seed}:{item['id']}:topic").choice(sorted(TOPICS))
+                 if benign_refusal == "topical" else None)
+        refusal = graceful_refusal(topic, None, seed=f"{seed}:{item['id']}")
         pairs.append({"prompt": as_chat(item["prompt"]), "chosen": [{"role": "assistant", "content": helpful}],
                       "rejected": [{"role": "assistant", "content": refusal}], "label": "benign",
                       "category": item["category"], "template": None, "source": item["source"],
@@ -239,7 +248,8 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
     harmful_answers = texts[:len(harmful)]
     by_id = {b["id"]: t for b, t in zip(to_answer, texts[len(harmful):], strict=True)}
     benign_answers = [by_id.get(b["id"]) for b in benign]
-    return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed)
+    return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
+                      benign_refusal=config.benign_refusal)
 
 
 # ------------------------------------------------------------------------------------------- evaluate

@@ -348,6 +348,16 @@ def _oom_message(what: str, plan: MemoryPlan | None, config: TrainConfig, shape:
             "gradient_accumulation_steps keeps the effective batch), or turn on gradient_checkpointing.")
 
 
+def linear_layer_names(model: Any) -> set[str]:
+    """Short names of the model's linear layers (q_proj, down_proj, ...) without the output head, as peft's
+    'all-linear' picks them."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head}
+
+
 def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: StopCheck | None = None,
           resume: bool = True, memory_budget: int | str | None = None, force: bool = False,
           on_status: Callable[[str], None] | None = None) -> TrainResult:
@@ -407,6 +417,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
 
     transformers.logging.set_verbosity_error()
     callback = _make_callback(config, on_log, should_stop, metrics_path, started)
+    status("preparing data" + (" and reference log-probs" if config.precompute_reference else ""))
     try:
         trainer = DPOTrainer(
             model=model,
@@ -414,7 +425,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
-            peft_config=config.peft_config(),
+            peft_config=config.peft_config(shape.num_layers, linear_layer_names(model)),
             callbacks=[callback],
         )
     except ValueError as exc:

@@ -30,6 +30,16 @@ TRUNCATION_MODES = ("keep_start", "keep_end")
 _FORBIDDEN_TARGETS = ("lm_head",)
 
 
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it slowly."""
+    try:
+        import torch
+
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (ImportError, AttributeError, RuntimeError):  # private torch helpers: absent means "assume not"
+        return False
+
 @dataclass
 class TrainConfig:
     """Everything one DPO run needs. Field names are the recipe keys."""
@@ -97,6 +107,16 @@ class TrainConfig:
         default="all-linear",
         metadata={"help": "Layers that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."},
     )
+    lora_layers: int = field(
+        default=0,
+        metadata={"help": "Adapters only in the last N decoder layers (0 = all). The backward pass then stops at the "
+                  "lowest adapted layer: fewer layers, faster steps and less activation memory."},
+    )
+    precompute_reference: bool = field(
+        default=False,
+        metadata={"help": "Compute the reference model's log-probs once, before training, instead of in every step: "
+                  "saves a forward pass per pair in every epoch after the first."},
+    )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "Load the base in 4-bit NF4 (QLoRA). Needs a CUDA GPU and bitsandbytes."}
     )
@@ -107,7 +127,8 @@ class TrainConfig:
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "'auto' (fp32 on CPU, bf16 on GPUs that have it, fp16 on T4), 'fp32', 'fp16', 'bf16'."},
+        metadata={"help": "'auto' (fp32 on CPU, bf16 on GPUs that have it, fp16 on T4), 'fp32', 'fp16' (GPU "
+                  "only), 'bf16' (GPUs, and CPUs with native bf16: AVX512-BF16 or AMX)."},
     )
     seed: int = field(default=42, metadata={"help": "Random seed for the data split, LoRA init and shuffling."})
     eval_split: float = field(
@@ -157,6 +178,10 @@ class TrainConfig:
             validate_range("max_length", self.max_length, 16)
         validate_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
         validate_range("lora_r", self.lora_r, 0)
+        validate_range("lora_layers", self.lora_layers, 0)
+        if self.lora_layers and self.lora_r == 0:
+            raise SettingsError("lora_layers limits where LoRA adapters go; with lora_r 0 (full fine-tuning) set "
+                                "lora_layers: 0.")
         if self.lora_r > 0:
             validate_range("lora_alpha", self.lora_alpha, 1)
         validate_range("lora_dropout", self.lora_dropout, 0, 1, high_inclusive=False)
@@ -174,8 +199,12 @@ class TrainConfig:
             raise SettingsError("merge_after cannot merge into 4-bit weights; set merge_after: false, or merge later "
                                 "from a full-precision base.")
         validate_choice("precision", self.precision, PRECISIONS)
-        if self.precision in ("fp16", "bf16") and self.device == "cpu":
-            raise SettingsError(f"precision {self.precision} is for GPUs; on CPU use precision: fp32 (or auto).")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise SettingsError("precision fp16 is for GPUs; on CPU use precision: fp32, auto, or bf16 on a CPU "
+                                "with native bf16 (AVX512-BF16 or AMX).")
+        if self.precision == "bf16" and self.device == "cpu" and not cpu_has_native_bf16():
+            raise SettingsError("precision bf16 on this CPU would be emulated and slow: it has no native bf16 "
+                                "(AVX512-BF16 or AMX). Use precision: fp32 or auto.")
         validate_range("eval_split", self.eval_split, 0, 0.5)
         validate_range("eval_steps", self.eval_steps, 0)
         validate_range("save_steps", self.save_steps, 1)
@@ -226,6 +255,7 @@ class TrainConfig:
         if self.precision != "auto":
             return self.precision
         if not device.startswith("cuda"):
+            # fp32 stays the CPU default (the memory planner is calibrated on it); bf16 is opt-in, see help.
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
@@ -233,17 +263,30 @@ class TrainConfig:
         """dtype name for alignment.models.LoadSettings: weights in the training precision."""
         return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.resolved_precision(device)]
 
-    def peft_config(self) -> Any:
-        """peft.LoraConfig for this run, or None for full fine-tuning (lora_r 0)."""
+    def peft_config(self, num_layers: int | None = None, linear_names: Iterable[str] = ()) -> Any:
+        """peft.LoraConfig for this run, or None for full fine-tuning (lora_r 0).
+
+        When ``lora_layers`` limits the adapted layers, pass the model's decoder layer count and the names of its
+        linear layers (peft cannot combine 'all-linear' with a layer list, so it gets the names instead).
+        """
         if self.lora_r == 0:
             return None
         from peft import LoraConfig
 
+        targets = self.target_modules()
+        layers: dict[str, Any] = {}
+        if self.lora_layers and num_layers and self.lora_layers < num_layers:
+            layers = {"layers_to_transform": list(range(num_layers - self.lora_layers, num_layers))}
+            if targets == "all-linear":
+                targets = sorted(set(linear_names))
+                if not targets:
+                    raise SettingsError("lora_layers with all-linear targets needs the model's linear layer names.")
         return LoraConfig(
+            **layers,
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
-            target_modules=self.target_modules(),
+            target_modules=targets,
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -283,6 +326,8 @@ class TrainConfig:
             save_total_limit=self.save_total_limit,
             logging_steps=self.logging_steps,
             logging_first_step=True,
+            precompute_ref_log_probs=self.precompute_reference,
+            precompute_ref_batch_size=max(8, self.per_device_train_batch_size),
             # The Trainer would hide a NaN/inf step loss behind the running mean; we want to see it and stop.
             logging_nan_inf_filter=False,
             report_to="none",

@@ -51,10 +51,14 @@ def matmul_flops(seconds: float = 3.0) -> tuple[float, float]:
     return flops / (time.perf_counter() - start), flops / (cpu_seconds() - cpu)
 
 
-def useful_flops(params: int, tokens: int, full_finetune: bool) -> float:
-    """Policy forward 2P + backward (4P full, ~2P LoRA: input grads only) + reference forward 2P per token.
-    Recomputation under gradient checkpointing is overhead, not useful work, so it is not counted."""
-    return tokens * params * (8 if full_finetune else 6)
+def useful_flops(params: int, tokens: int, full_finetune: bool, backward_share: float = 1.0,
+                 reference_share: float = 1.0) -> float:
+    """FLOPs of the work done, per token: policy forward 2P; backward 4P full (weights and inputs), ~2P LoRA
+    (inputs only) times the share of layers it goes through; reference forward 2P, or 2P/epochs when it is
+    precomputed once. Recomputation under gradient checkpointing is overhead, not useful work: not counted."""
+    if full_finetune:
+        return tokens * params * 8
+    return tokens * params * (2 + 2 * backward_share + 2 * reference_share)
 
 
 def count_tokens(rows: list[dict], tokenizer, max_length: int | None) -> int:
@@ -75,7 +79,9 @@ def child(mode: str, args: dict) -> dict:
     torch.manual_seed(0)
     config: TrainConfig = load_train_config(RECIPE, [f"dataset={DATA}", f"output_dir={args['out']}/{mode}",
                                                      "eval_split=0.2", "save_steps=100000"]
-                                            + (["num_train_epochs=1"] if args["quick"] else []))
+                                            + (["num_train_epochs=1"] if args["quick"] else [])
+                                            + list(args["set"]))
+    precision = config.resolved_precision("cpu")
     rows = load_preference_rows(config.dataset)
     if args["quick"]:
         rows = rows[:30]
@@ -88,18 +94,20 @@ def child(mode: str, args: dict) -> dict:
         logs: list[dict] = []
         marks: dict[str, float] = {}
 
+        # Timed from the trainer's construction (tokenising, and precomputed reference log-probs when asked) to
+        # the end of training, as the baseline is.
         def on_status(phase: str) -> None:
-            if phase.startswith("training"):
-                marks["start"] = cpu_seconds()
+            if phase.startswith("preparing"):
+                marks["start"], marks["wall_start"] = cpu_seconds(), time.perf_counter()
 
         def on_log(record: dict) -> None:
             logs.append(record)
             if "train_runtime" in record:
-                marks["end"] = cpu_seconds()
+                marks["end"], marks["wall_end"] = cpu_seconds(), time.perf_counter()
 
         result = train(config, on_log=on_log, on_status=on_status, resume=False)
         cpu_train = marks["end"] - marks["start"]
-        runtime = next(r["train_runtime"] for r in logs if "train_runtime" in r)
+        runtime = marks["wall_end"] - marks["wall_start"]
         eval_acc = result.eval_metrics.get("eval_rewards/accuracies")
         eval_margin = result.eval_metrics.get("eval_rewards/margins")
         epochs, max_length, full = config.num_train_epochs, config.max_length, False
@@ -110,7 +118,11 @@ def child(mode: str, args: dict) -> dict:
 
         folder = resolve_source("bundled")[0]
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        params = shape_of(AutoConfig.from_pretrained(folder)).total_params
+        shape = shape_of(AutoConfig.from_pretrained(folder))
+        params = shape.total_params
+        shares = {"backward_share": min(config.lora_layers, shape.num_layers) / shape.num_layers
+                  if config.lora_layers else 1.0,
+                  "reference_share": 1 / epochs if config.precompute_reference else 1.0}
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer
@@ -120,31 +132,31 @@ def child(mode: str, args: dict) -> dict:
 
         folder = resolve_source("bundled")[0]
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if precision == "bf16"
+                                                     else torch.float32)
         _drop_gguf_marker(model)
         params = sum(p.numel() for p in model.parameters())
         seed = DPOConfig(output_dir=f"{args['out']}/baseline", beta=0.1, per_device_train_batch_size=2,
                          gradient_accumulation_steps=8, num_train_epochs=1, learning_rate=5e-7, warmup_steps=0.1,
-                         fp16=False, bf16=False, use_cpu=True, logging_steps=10, save_strategy="no",
+                         fp16=False, bf16=precision == "bf16", use_cpu=True, logging_steps=10, save_strategy="no",
                          report_to="none", disable_tqdm=True, seed=config.seed)
+        start, wall_start = cpu_seconds(), time.perf_counter()
         trainer = DPOTrainer(model=model, args=seed, train_dataset=train_set, eval_dataset=eval_set,
                              processing_class=tokenizer)
-        start = cpu_seconds()
-        output = trainer.train()
-        cpu_train = cpu_seconds() - start
-        runtime = output.metrics["train_runtime"]
+        trainer.train()
+        cpu_train, runtime = cpu_seconds() - start, time.perf_counter() - wall_start
         metrics = trainer.evaluate()
         eval_acc, eval_margin = metrics.get("eval_rewards/accuracies"), metrics.get("eval_rewards/margins")
-        epochs, max_length, full = 1, seed.max_length, True
+        epochs, max_length, full, shares = 1, seed.max_length, True, {}
     tokens = count_tokens(list(train_set), tokenizer, max_length) * epochs
     pairs = int(len(train_set) * epochs)
     return {
-        "mode": mode, "pairs": pairs, "train_seconds": runtime, "seconds_per_pair": runtime / pairs,
+        "mode": mode, "precision": precision, "pairs": pairs, "train_seconds": runtime, "seconds_per_pair": runtime / pairs,
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "eval_accuracy": eval_acc, "eval_margin": eval_margin, "eval_pairs": len(eval_set),
         "cpu_seconds": cpu_train, "cpu_seconds_per_pair": cpu_train / pairs,
-        "flops_per_second": useful_flops(params, tokens, full) / runtime, "matmul_flops_per_second": flops_peak[0],
-        "flops_per_cpu_second": useful_flops(params, tokens, full) / cpu_train,
+        "flops_per_second": useful_flops(params, tokens, full, **shares) / runtime, "matmul_flops_per_second": flops_peak[0],
+        "flops_per_cpu_second": useful_flops(params, tokens, full, **shares) / cpu_train,
         "matmul_flops_per_cpu_second": flops_peak[1],
     }
 
@@ -152,23 +164,25 @@ def child(mode: str, args: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 pairs and one epoch: a smoke run.")
+    parser.add_argument("--set", action="append", default=[], help="Override a cpu-lora recipe field (key=value), "
+                        "e.g. --set lora_layers=15. The precision applies to both runs.")
     parser.add_argument("--child", choices=("baseline", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, {"quick": args.quick, "out": args.out})), flush=True)
+        print("RESULT " + json.dumps(child(args.child, {"quick": args.quick, "out": args.out, "set": args.set})),
+              flush=True)
         return 0
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        # Both runs go at once (halves the wall time); CPU seconds per pair is the fair comparison on a shared
-        # machine, wall seconds are printed too.
-        procs = {mode: subprocess.Popen([sys.executable, __file__, "--child", mode, "--out", tmp]
-                                        + (["--quick"] if args.quick else []), env=env, cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for mode in ("baseline", "ours")}
-        for mode, proc in procs.items():
+        # One run after the other, so neither slows the other: wall and CPU seconds per pair are both fair.
+        for mode in ("baseline", "ours"):
+            proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--out", tmp]
+                                    + (["--quick"] if args.quick else [])
+                                    + [f"--set={item}" for item in args.set], env=env, cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             stdout, stderr = proc.communicate()
             line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:

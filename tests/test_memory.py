@@ -118,3 +118,16 @@ def test_cpu_budget_defaults_to_available_ram(config_1b):
 
     result = estimate(config_1b, base(device="cpu", precision="fp32"), device="cpu")
     assert 0 < result.budget_bytes <= psutil.virtual_memory().total
+
+
+def test_top_layer_adapters_keep_fewer_activations(config_1b):
+    every = plan(config_1b, base()).parts["activations"]
+    top = plan(config_1b, base(lora_layers=6)).parts["activations"]
+    assert top < every / 3  # 6 of 24 layers keep theirs (plus the embedding output and final norm)
+
+
+def test_precomputed_reference_drops_the_reference_copy(config_1b):
+    full = plan(config_1b, base(lora_r=0)).parts
+    full_pre = plan(config_1b, base(lora_r=0, precompute_reference=True)).parts
+    assert full["reference_forward"] > full["weights"] * 0.9 and full_pre["reference_forward"] == 0
+    assert plan(config_1b, base(precompute_reference=True)).parts["reference_forward"] == 0

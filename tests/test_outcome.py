@@ -81,6 +81,24 @@ def test_pairs_teach_refusing_harm_and_answering_benign_requests():
     assert all(p["prompt"][-1]["role"] == "user" for p in pairs)
 
 
+def test_benign_rejected_side_is_worded_like_the_harmful_refusals():
+    from alignment.refusal_data import TOPICS
+
+    judge = load_judge("rules")
+    benign = [{"id": f"b{i}", "prompt": f"Plan my week {i}", "category": "task_api", "risky": False,
+               "reference": f"Monday: task {i}.", "source": "t"} for i in range(12)]
+    answers = [None] * len(benign)
+    topical, _ = make_pairs([], [], benign, answers, judge)
+    generic, _ = make_pairs([], [], benign, answers, judge, benign_refusal="generic")
+    topics = {t for names in TOPICS.values() for t in names}
+
+    def named(pairs):
+        return sum(any(t in p["rejected"][0]["content"] for t in topics) for p in pairs)
+
+    assert named(topical) == len(benign) and named(generic) == 0
+    assert all(judge.judge(p["prompt"][-1]["content"], p["rejected"][0]["content"]).refused for p in topical)
+
+
 @pytest.fixture()
 def tiny_recipe(tiny_model_dir, tmp_path):
     prompts = tmp_path / "eval.jsonl"

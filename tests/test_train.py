@@ -62,6 +62,23 @@ def test_end_to_end_writes_adapter_card_and_metrics(tiny_model_dir, data, tmp_pa
     assert result.train_pairs == 12 and result.eval_pairs == 4
 
 
+def test_top_layer_adapters_with_precomputed_reference(tiny_model_dir, data, tmp_path):
+    from safetensors import safe_open
+
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", lora_layers=1, precompute_reference=True,
+                         eval_split=0.0)
+    phases: list[str] = []
+    result = train(config, on_status=phases.append)
+    assert result.state == "finished" and result.global_step == 3
+    assert any("reference log-probs" in phase for phase in phases)
+    with safe_open(Path(result.adapter_dir) / "adapter_model.safetensors", "pt") as weights:
+        layers = {int(name.split("layers.")[1].split(".")[0]) for name in weights.keys()}
+    from transformers import AutoConfig
+
+    assert layers == {AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers - 1}
+    assert result.metrics["rewards/margins"] != 0  # the reference came from the precomputed log-probs
+
+
 def test_cancel_stops_early_and_resume_finishes(tiny_model_dir, data, tmp_path):
     config = tiny_config(tiny_model_dir, data, tmp_path / "run", max_steps=6, save_steps=100, eval_split=0.0)
     seen: list[int] = []

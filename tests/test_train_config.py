@@ -60,6 +60,8 @@ def test_overrides_are_typed():
     ({"run_name": "a/b"}, "run_name"),
     ({"eval_split": 0.9}, "eval_split"),
     ({"merge_after": True, "load_in_4bit": True}, "merge_after"),
+    ({"lora_layers": -1}, "lora_layers"),
+    ({"lora_layers": 4, "lora_r": 0}, "lora_layers"),
 ])
 def test_bad_values_say_what_to_change(changes, words):
     with pytest.raises(SettingsError, match=words):
@@ -84,3 +86,29 @@ def test_to_dpo_config_on_cpu(tmp_path):
     assert dpo.max_length == 128 and dpo.learning_rate == 3e-5
     assert dpo.report_to == [] or dpo.report_to == "none" or dpo.report_to == ["none"]
     assert Path(dpo.output_dir) == tmp_path / "checkpoints"
+
+
+def test_lora_layers_adapt_only_the_top_layers():
+    names = ["q_proj", "v_proj", "down_proj"]
+    lora = TrainConfig(lora_layers=3).peft_config(num_layers=10, linear_names=names)
+    assert list(lora.layers_to_transform) == [7, 8, 9] and set(lora.target_modules) == set(names)
+    assert TrainConfig(lora_layers=3, lora_target_modules=["q_proj"]).peft_config(10).target_modules == {"q_proj"}
+    assert TrainConfig(lora_layers=0).peft_config(num_layers=10).layers_to_transform is None
+    assert TrainConfig(lora_layers=12).peft_config(num_layers=10).layers_to_transform is None  # more than there are
+
+
+def test_precompute_reference_reaches_trl(tmp_path):
+    dpo = TrainConfig(device="cpu", output_dir=str(tmp_path), precompute_reference=True).to_dpo_config()
+    assert dpo.precompute_ref_log_probs is True
+    assert TrainConfig(device="cpu", output_dir=str(tmp_path)).to_dpo_config().precompute_ref_log_probs is False
+
+
+def test_bf16_on_cpu_only_where_the_cpu_has_it():
+    from alignment.train_config import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():
+        assert TrainConfig(device="cpu", precision="bf16").resolved_precision() == "bf16"
+    else:
+        with pytest.raises(SettingsError, match="native bf16"):
+            TrainConfig(device="cpu", precision="bf16")
+    assert TrainConfig(device="cpu").resolved_precision() == "fp32"  # auto stays fp32 on CPU
