@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignment import completion_logprobs
 from alignment.memory import MemoryPlan, estimate, format_size, parse_size, suggest
 from alignment.settings import SettingsError, save_yaml, to_dict
 from alignment.train_config import TrainConfig, load_train_config
@@ -416,6 +417,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     from trl import DPOTrainer
 
     transformers.logging.set_verbosity_error()
+    completion_logprobs.enable()  # CPU: the LM head scores completion tokens only, as TRL does on CUDA
     callback = _make_callback(config, on_log, should_stop, metrics_path, started)
     status("preparing data" + (" and reference log-probs" if config.precompute_reference else ""))
     try:
