@@ -79,7 +79,7 @@ class OutcomeConfig:
         default="alignment/data/outcome_eval.jsonl",
         metadata={"help": "Independent evaluation prompts (JSONL); empty to skip."})
     benign_refusal: str = field(
-        default="topical", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
+        default="generic", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
                                      "side's refusals, naming a harmful topic) or 'generic' (names no topic)."})
     threads: int = field(
         default=0, metadata={"help": "Torch CPU threads; 0 keeps torch's default. On a busy shared CPU, 1 is often "
@@ -175,7 +175,7 @@ def _normal(text: str) -> str:
 
 def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: Sequence[dict],
                benign_answers: Sequence[str | None], judge: Any, seed: int = 0,
-               benign_refusal: str = "topical") -> tuple[list[dict[str, Any]], dict[str, int]]:
+               benign_refusal: str = "generic") -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Preference pairs in TRL's conversational format, and counts of what was used and skipped.
 
     Harmful: keep only prompts the base model did NOT refuse (its answer is the rejected side). Benign: the
@@ -212,9 +212,9 @@ def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: 
         if not helpful:
             stats["benign_skipped_no_helpful_answer"] += 1
             continue
-        # Topical: the same wording as the harmful side's chosen answers, so the two kinds of pair differ only in
-        # the prompt, and the refusals the model learns for harm are exactly the ones pushed down here. With a
-        # generic refusal instead, the model refused plain requests in the harmful side's words (run 3).
+        # Generic (the default) names no harmful topic. Topical uses the harmful side's own wording, so the pairs
+        # differ only in the prompt; on the bundled model that pushed refusals down everywhere, harmful prompts
+        # included (docs/OUTCOME.md, run E), so it is an option, not the default.
         topic = (random.Random(f"{seed}:{item['id']}:topic").choice(sorted(TOPICS))
                  if benign_refusal == "topical" else None)
         refusal = graceful_refusal(topic, None, seed=f"{seed}:{item['id']}")

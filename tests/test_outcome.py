@@ -81,15 +81,15 @@ def test_pairs_teach_refusing_harm_and_answering_benign_requests():
     assert all(p["prompt"][-1]["role"] == "user" for p in pairs)
 
 
-def test_benign_rejected_side_is_worded_like_the_harmful_refusals():
+def test_benign_rejected_side_is_generic_or_worded_like_the_harmful_refusals():
     from alignment.refusal_data import TOPICS
 
     judge = load_judge("rules")
     benign = [{"id": f"b{i}", "prompt": f"Plan my week {i}", "category": "task_api", "risky": False,
                "reference": f"Monday: task {i}.", "source": "t"} for i in range(12)]
     answers = [None] * len(benign)
-    topical, _ = make_pairs([], [], benign, answers, judge)
-    generic, _ = make_pairs([], [], benign, answers, judge, benign_refusal="generic")
+    topical, _ = make_pairs([], [], benign, answers, judge, benign_refusal="topical")
+    generic, _ = make_pairs([], [], benign, answers, judge)
     topics = {t for names in TOPICS.values() for t in names}
 
     def named(pairs):
