@@ -1,4 +1,4 @@
-"""Check the memory planner against real peaks: estimate vs measured peak RSS for three CPU configurations.
+"""Check the memory planner against real peaks: estimate vs measured peak RSS for four CPU configurations.
 
 Each configuration trains the bundled model for a few steps with ``alignment.train.train`` in a fresh Python
 process; the child reports ``ru_maxrss`` minus its RSS after imports (the torch/transformers runtime is not
@@ -24,6 +24,9 @@ CONFIGS = [
     {"name": "batch4-len256", "per_device_train_batch_size": 4, "max_length": 256, "gradient_checkpointing": False},
     {"name": "batch4-len256-ckpt", "per_device_train_batch_size": 4, "max_length": 256,
      "gradient_checkpointing": True},
+    # The cpu-lora recipe's speed settings: adapters in the top 15 layers, reference log-probs precomputed.
+    {"name": "batch4-len256-top15", "per_device_train_batch_size": 4, "max_length": 256,
+     "gradient_checkpointing": False, "lora_layers": 15, "precompute_reference": True},
 ]
 
 CHILD = r"""

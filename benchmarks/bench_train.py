@@ -124,17 +124,14 @@ def child(mode: str, args: dict) -> dict:
                   if config.lora_layers else 1.0,
                   "reference_share": 1 / epochs if config.precompute_reference else 1.0}
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import DPOConfig, DPOTrainer
 
-        from alignment.models import resolve_source
-        from alignment.train import _drop_gguf_marker
+        from alignment.models import LoadSettings, load_model
 
-        folder = resolve_source("bundled")[0]
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if precision == "bf16"
-                                                     else torch.float32)
-        _drop_gguf_marker(model)
+        # The same weights through the project's loader (the bundled GGUF de-quantised once into safetensors).
+        loaded = load_model(LoadSettings(model="bundled", device="cpu",
+                                         dtype="bfloat16" if precision == "bf16" else "float32"))
+        model, tokenizer = loaded.model.train(), loaded.tokenizer
         params = sum(p.numel() for p in model.parameters())
         seed = DPOConfig(output_dir=f"{args['out']}/baseline", beta=0.1, per_device_train_batch_size=2,
                          gradient_accumulation_steps=8, num_train_epochs=1, learning_rate=5e-7, warmup_steps=0.1,
