@@ -33,7 +33,7 @@ def test_recipe_loads_and_overrides_reach_the_right_section(tmp_path):
                                         ["threads=2", "train.learning_rate=3e-4"])
     trained = build_train_config(train, config, tmp_path / "pairs.jsonl", tmp_path / "run")
     assert config.threads == 2 and trained.learning_rate == pytest.approx(3e-4)
-    assert trained.beta == pytest.approx(0.1) and trained.dataset == str(tmp_path / "pairs.jsonl")
+    assert trained.beta == pytest.approx(0.2) and trained.loss_types() == ["sigmoid", "sft"] and trained.dataset == str(tmp_path / "pairs.jsonl")
     assert trained.adapter_dir == tmp_path / "run" / "adapter"
     bad = tmp_path / "bad.yaml"
     bad.write_text("harmful_per_templat: 3\n")
