@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project's packages are importable
 CONFIGS = [
     {"name": "batch1-len128", "per_device_train_batch_size": 1, "max_length": 128, "gradient_checkpointing": False},
     {"name": "batch4-len256", "per_device_train_batch_size": 4, "max_length": 256, "gradient_checkpointing": False},
