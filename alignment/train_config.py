@@ -30,7 +30,6 @@ TRUNCATION_MODES = ("keep_start", "keep_end")
 _FORBIDDEN_TARGETS = ("lm_head",)
 
 
-
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it slowly."""
     try:
@@ -39,6 +38,7 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (ImportError, AttributeError, RuntimeError):  # private torch helpers: absent means "assume not"
         return False
+
 
 @dataclass
 class TrainConfig:
