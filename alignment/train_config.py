@@ -71,6 +71,11 @@ class TrainConfig:
         default="sigmoid",
         metadata={"help": f"DPO loss (TRL name), or a list of names to combine: {', '.join(LOSS_TYPES)}."},
     )
+    loss_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weight of each loss in loss_type, in the same order (e.g. [1.0, 0.5] for sigmoid + a "
+                  "half-weight sft term); empty: all 1."},
+    )
     learning_rate: float = field(
         default=5e-5,
         metadata={"help": "Peak learning rate. LoRA needs ~1e-5..1e-4; full fine-tuning uses ~5e-7..1e-6."},
@@ -163,6 +168,16 @@ class TrainConfig:
             raise SettingsError(f"loss_type is empty; use one of: {', '.join(LOSS_TYPES)}.")
         for name in losses:
             validate_choice("loss_type", name, LOSS_TYPES)
+        if self.loss_weights is not None:
+            weights = list(self.loss_weights) if isinstance(self.loss_weights, (list, tuple)) else [self.loss_weights]
+            if len(weights) != len(losses):
+                raise SettingsError(f"loss_weights has {len(weights)} values for {len(losses)} losses in loss_type "
+                                    f"({', '.join(losses)}); give one weight per loss, in the same order.")
+            for weight in weights:
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                    raise SettingsError(f"loss_weights contains {weight!r}; every weight must be a number >= 0.")
+                validate_range("loss_weights", weight, 0, None)
+            self.loss_weights = [float(w) for w in weights]
         if "exo_pair" in losses:
             raise SettingsError("loss_type exo_pair needs label smoothing, which this project does not expose; "
                                 "use sigmoid, ipo or robust.")
@@ -303,6 +318,7 @@ class TrainConfig:
             run_name=self.run_name,
             beta=self.beta,
             loss_type=self.loss_types(),
+            loss_weights=self.loss_weights,
             learning_rate=self.learning_rate,
             lr_scheduler_type=self.lr_scheduler_type,
             warmup_steps=self.warmup,  # TRL/transformers read values below 1 as a ratio of the total steps

@@ -62,6 +62,9 @@ def test_overrides_are_typed():
     ({"merge_after": True, "load_in_4bit": True}, "merge_after"),
     ({"lora_layers": -1}, "lora_layers"),
     ({"lora_layers": 4, "lora_r": 0}, "lora_layers"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "one weight per loss"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -0.5]}, "loss_weights"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, "half"]}, "number"),
 ])
 def test_bad_values_say_what_to_change(changes, words):
     with pytest.raises(SettingsError, match=words):
@@ -81,7 +84,10 @@ def test_to_dpo_config_on_cpu(tmp_path):
     dpo = config.to_dpo_config()
     assert dpo.use_cpu and not dpo.fp16 and not dpo.bf16  # TRL would default bf16 on; we are explicit
     assert dpo.gradient_checkpointing is False
-    assert dpo.loss_type == ["sigmoid", "sft"]
+    assert dpo.loss_type == ["sigmoid", "sft"] and dpo.loss_weights is None
+    weighted = TrainConfig(device="cpu", output_dir=str(tmp_path), loss_type=["sigmoid", "sft"],
+                           loss_weights=[1, 0.25]).to_dpo_config()
+    assert weighted.loss_weights == [1.0, 0.25]
     assert dpo.warmup_steps == 0.2 and dpo.get_warmup_steps(100) == 20
     assert dpo.max_length == 128 and dpo.learning_rate == 3e-5
     assert dpo.report_to == [] or dpo.report_to == "none" or dpo.report_to == ["none"]
