@@ -145,7 +145,7 @@ def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[
         for case in build_cases(suites=["harmful"], split="train", limit_per_template=config.harmful_per_template,
                                 seed=config.seed):
             harmful.append({"id": case["id"], "prompt": case["prompt"], "category": case["category"],
-                            "template": case["template"], "source": "redteam"})
+                            "template": case["template"], "behaviour": case.get("behaviour"), "source": "redteam"})
     for i, record in enumerate(load_set("harmful", limit=config.harmful_labeling, seed=config.seed)
                                if config.harmful_labeling else []):
         harmful.append({"id": f"labeling-harmful-{i}", "prompt": record.messages, "category": record.category,
@@ -162,15 +162,59 @@ def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[
         for case in controls[:config.benign_redteam]:
             benign.append({"id": case["id"], "prompt": case["prompt"], "category": case["category"],
                            "risky": case["risky"], "reference": case.get("reference"), "source": "redteam"})
-    # The prompt collections overlap in places (the same everyday question in two sets): drop anything that
-    # also appears in an evaluation set, so the held-out figures stay held out.
-    evaluated = {_normal(last_user_text(c["prompt"])) for cases in evaluation_sets(config).values() for c in cases}
-    return ([h for h in harmful if _normal(last_user_text(h["prompt"])) not in evaluated],
-            [b for b in benign if _normal(last_user_text(b["prompt"])) not in evaluated])
+    # The prompt collections overlap in places (the same everyday question in two sets, or reworded: "What's the
+    # capital of Australia?" / "What is the capital of Australia?"): drop anything that is the same request as an
+    # evaluation prompt, so the held-out figures stay held out. A red-team case is compared by its behaviour's
+    # plain request, and a behaviour that matches drops all of its templated cases.
+    evaluated = [request_words(text) for text in evaluation_requests(config)]
+    plain = _behaviour_requests()
+
+    def kept(item: dict[str, Any]) -> bool:
+        words = request_words(plain.get(item.get("behaviour") or "") or last_user_text(item["prompt"]))
+        return not any(same_request(words, other) for other in evaluated)
+
+    return [h for h in harmful if kept(h)], [b for b in benign if kept(b)]
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.lower().split())
+_STOPWORDS = frozenset(
+    "a an the i me my you your we our it its is are was be to of in on at for with and or so that this do does "
+    "did how what what's whats can could would should will please just some any".split())
+
+
+def request_words(text: str) -> frozenset[str]:
+    """The content words of a request, lower-cased, without common function words."""
+    import re
+
+    return frozenset(w for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()) if w not in _STOPWORDS)
+
+
+def same_request(a: frozenset[str], b: frozenset[str]) -> bool:
+    """True when two requests are near-duplicates: most content words shared (Jaccard >= 0.5), or one short
+    request wholly inside a longer one (a request wrapped in a jailbreak)."""
+    if not a or not b:
+        return False
+    shared = len(a & b)
+    return shared / len(a | b) >= 0.5 or (min(len(a), len(b)) >= 4 and shared / min(len(a), len(b)) >= 0.9)
+
+
+def _behaviour_requests() -> dict[str, str]:
+    from alignment.redteam import load_builtin_suite
+
+    return {b.id: b.prompt for b in load_builtin_suite().behaviours}
+
+
+def evaluation_requests(config: OutcomeConfig) -> list[str]:
+    """The request texts of every evaluation case (a red-team case by its behaviour's plain request too)."""
+    from alignment.evaluate import last_user_text
+
+    plain = _behaviour_requests()
+    texts: list[str] = []
+    for cases in evaluation_sets(config).values():
+        for case in cases:
+            texts.append(last_user_text(case["prompt"]))
+            if case.get("behaviour") in plain:
+                texts.append(plain[case["behaviour"]])
+    return texts
 
 
 def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: Sequence[dict],
