@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import sys
 import time
@@ -183,8 +184,6 @@ _STOPWORDS = frozenset(
 
 def request_words(text: str) -> frozenset[str]:
     """The content words of a request, lower-cased, without common function words."""
-    import re
-
     return frozenset(w for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()) if w not in _STOPWORDS)
 
 

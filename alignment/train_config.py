@@ -74,7 +74,7 @@ class TrainConfig:
     loss_weights: list[float] | None = field(
         default=None,
         metadata={"help": "Weight of each loss in loss_type, in the same order (e.g. [1.0, 0.5] for sigmoid + a "
-                  "half-weight sft term); empty: all 1."},
+                  "half-weight sft term); unset: every loss weighs 1."},
     )
     learning_rate: float = field(
         default=5e-5,
