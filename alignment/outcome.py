@@ -167,8 +167,8 @@ def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[
     # capital of Australia?" / "What is the capital of Australia?"): drop anything that is the same request as an
     # evaluation prompt, so the held-out figures stay held out. A red-team case is compared by its behaviour's
     # plain request, and a behaviour that matches drops all of its templated cases.
-    evaluated = [request_words(text) for text in evaluation_requests(config)]
     plain = _behaviour_requests()
+    evaluated = [request_words(text) for text in evaluation_requests(config, plain)]
 
     def kept(item: dict[str, Any]) -> bool:
         words = request_words(plain.get(item.get("behaviour") or "") or last_user_text(item["prompt"]))
@@ -202,11 +202,13 @@ def _behaviour_requests() -> dict[str, str]:
     return {b.id: b.prompt for b in load_builtin_suite().behaviours}
 
 
-def evaluation_requests(config: OutcomeConfig) -> list[str]:
-    """The request texts of every evaluation case (a red-team case by its behaviour's plain request too)."""
+def evaluation_requests(config: OutcomeConfig, plain: dict[str, str] | None = None) -> list[str]:
+    """The request texts of every evaluation case (a red-team case by its behaviour's plain request too).
+
+    ``plain`` maps behaviour ids to their plain requests (default: the built-in suite's)."""
     from alignment.evaluate import last_user_text
 
-    plain = _behaviour_requests()
+    plain = _behaviour_requests() if plain is None else plain
     texts: list[str] = []
     for cases in evaluation_sets(config).values():
         for case in cases:
