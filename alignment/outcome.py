@@ -273,6 +273,20 @@ def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: 
     return pairs, stats
 
 
+def trim_to_sentence(text: str) -> str:
+    """A cut-off answer ended at its last whole sentence or line; an open code block is closed instead.
+
+    Kept whole when the last sentence end comes before the middle of the text (little would be left)."""
+    text = text.rstrip()
+    if text.count("```") % 2:
+        return text + "\n```"
+    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)|\n", text)]
+    if text.endswith((".", "!", "?")):
+        return text
+    cut = ends[-1] if ends else 0
+    return text[:cut].rstrip() if cut >= len(text) // 2 else text
+
+
 def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Generate the base model's answers greedily and turn them into pairs."""
@@ -291,7 +305,11 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
                                on_progress=ProgressPrinter("data"))
     texts = [g[0].text if g else "" for g in generations]
     harmful_answers = texts[:len(harmful)]
-    by_id = {b["id"]: t for b, t in zip(to_answer, texts[len(harmful):], strict=True)}
+    # A helpful answer cut off at answer_tokens becomes a chosen side that ends (with the end-of-turn token)
+    # mid-word, which teaches the model to stop mid-sentence; end it at its last whole sentence instead.
+    benign_texts = [t if g and g[0].finished else trim_to_sentence(t)
+                    for g, t in zip(generations[len(harmful):], texts[len(harmful):], strict=True)]
+    by_id = {b["id"]: t for b, t in zip(to_answer, benign_texts, strict=True)}
     benign_answers = [by_id.get(b["id"]) for b in benign]
     return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
                       benign_refusal=config.benign_refusal)

@@ -19,6 +19,7 @@ from alignment.outcome import (
     run_pipeline,
     same_request,
     training_prompts,
+    trim_to_sentence,
 )
 from alignment.redteam import build_cases, load_prompts
 from alignment.settings import SettingsError
@@ -173,3 +174,15 @@ def test_cli_rejects_a_bad_training_field_before_any_work(tmp_path, capsys):
     assert code == 2
     assert "learning_rate" in capsys.readouterr().err
     assert not (tmp_path / "out" / "data").exists()
+
+
+@pytest.mark.parametrize("text,trimmed", [
+    ("Boil the egg for six minutes. Then cool it in co", "Boil the egg for six minutes."),
+    ("Here is a plan:\n1. Buy flour.\n2. Mix it with wa", "Here is a plan:\n1. Buy flour."),
+    ("Steps to follow:\n\n1. Open the terminal\n2. Run the comm", "Steps to follow:\n\n1. Open the terminal"),
+    ("```python\ndef add(a, b):\n    return a +", "```python\ndef add(a, b):\n    return a +\n```"),
+    ("A complete answer.", "A complete answer."),
+    ("Short start. Then a very long sentence that goes on and on and on without ever reaching its end", None),
+])
+def test_cut_off_answers_end_at_a_whole_sentence(text, trimmed):
+    assert trim_to_sentence(text) == (text if trimmed is None else trimmed)
