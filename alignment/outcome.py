@@ -6,7 +6,8 @@ Stages (progress on stderr; each skips work already done when re-run, ``--fresh`
               harmful prompts (red-team train split + labeling's harmful set) -> chosen: a graceful refusal
               (alignment.refusal_data), rejected: the base model's own compliant answer;
               benign prompts (labeling benign + risky_benign sets, red-team benign controls of the train split)
-              -> chosen: the base model's helpful answer (or the reference answer), rejected: a refusal.
+              -> chosen: the base model's helpful answer (ended at a whole sentence if it was cut off; or the
+              reference answer), rejected: a refusal.
 2. train    - DPO with LoRA via alignment.train.train (the recipe's ``train:`` section).
 3. evaluate - base vs aligned (same weights, adapter off/on), greedy, on the red-team HELD-OUT split (whole
               behaviours and templates unseen in training) and on alignment/data/outcome_eval.jsonl (prompts
@@ -280,9 +281,10 @@ def trim_to_sentence(text: str) -> str:
     text = text.rstrip()
     if text.count("```") % 2:
         return text + "\n```"
-    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)|\n", text)]
     if text.endswith((".", "!", "?")):
         return text
+    # Sentence ends and line breaks; "1." opening a numbered item is not a sentence end.
+    ends = [m.end() for m in re.finditer(r"(?<!\d)[.!?](?=\s)|\n", text)]
     cut = ends[-1] if ends else 0
     return text[:cut].rstrip() if cut >= len(text) // 2 else text
 
