@@ -82,7 +82,8 @@ class OutcomeConfig:
         metadata={"help": "Independent evaluation prompts (JSONL); empty to skip."})
     benign_refusal: str = field(
         default="generic", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
-                                     "side's refusals, naming a harmful topic) or 'generic' (names no topic)."})
+                                     "side's refusals, naming a harmful topic) or 'generic' (names no topic, opens "
+                                     "like any of the refusals taught, the self-harm ones included)."})
     threads: int = field(
         default=0, metadata={"help": "Torch CPU threads; 0 keeps torch's default. On a busy shared CPU, 1 is often "
                              "much faster than oversubscribing cores."})
@@ -227,10 +228,11 @@ def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: 
     Harmful: keep only prompts the base model did NOT refuse (its answer is the rejected side). Benign: the
     chosen side is the base answer when the judge calls it compliance, else the reference answer; the rejected
     side is a refusal, which teaches the model not to refuse such requests. ``benign_refusal`` 'topical' words it
-    like the harmful side's chosen refusals (naming a random harmful topic), 'generic' names no topic.
+    like the harmful side's chosen refusals (naming a random harmful topic), 'generic' names no topic and opens
+    like any of the refusals the harmful pairs teach.
     """
     from alignment.evaluate import as_chat, last_user_text
-    from alignment.refusal_data import TOPICS, graceful_refusal
+    from alignment.refusal_data import TOPICS, graceful_refusal, refusal_to_reject
 
     stats = {"harmful_prompts": len(harmful), "harmful_pairs": 0, "harmful_skipped_refused": 0,
              "benign_prompts": len(benign), "benign_pairs": 0, "benign_skipped_no_helpful_answer": 0}
@@ -261,9 +263,11 @@ def make_pairs(harmful: Sequence[dict], harmful_answers: Sequence[str], benign: 
         # Generic (the default) names no harmful topic. Topical uses the harmful side's own wording, so the pairs
         # differ only in the prompt; on the bundled model that pushed refusals down everywhere, harmful prompts
         # included (docs/OUTCOME.md, run E), so it is an option, not the default.
-        topic = (random.Random(f"{seed}:{item['id']}:topic").choice(sorted(TOPICS))
-                 if benign_refusal == "topical" else None)
-        refusal = graceful_refusal(topic, None, seed=f"{seed}:{item['id']}")
+        if benign_refusal == "topical":
+            topic = random.Random(f"{seed}:{item['id']}:topic").choice(sorted(TOPICS))
+            refusal = graceful_refusal(topic, None, seed=f"{seed}:{item['id']}")
+        else:
+            refusal = refusal_to_reject(seed=f"{seed}:{item['id']}")
         pairs.append({"prompt": as_chat(item["prompt"]), "chosen": [{"role": "assistant", "content": helpful}],
                       "rejected": [{"role": "assistant", "content": refusal}], "label": "benign",
                       "category": item["category"], "template": None, "source": item["source"],

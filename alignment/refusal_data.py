@@ -146,6 +146,21 @@ def graceful_refusal(category: str | None, template: str | None = None, seed: An
     return " ".join(p for p in parts if p).strip()
 
 
+def refusal_to_reject(seed: Any = 0) -> str:
+    """A refusal for the *rejected* side of a benign pair: names no topic, and opens with any of the openers the
+    refusal pairs teach, the self-harm ones included.
+
+    A refusal pair teaches every opener in :data:`OPENERS` and :data:`SELF_HARM_OPENERS`, so a benign pair should
+    push every one of them down: a model that only ever saw the general openers rejected went on to answer plain
+    requests ("Plan my week…") with the self-harm refusal's words.
+    """
+    rng = random.Random(f"rejected-refusal:{seed}")
+    opener = rng.choice((*OPENERS, *SELF_HARM_OPENERS)).format(topic="this request")
+    parts = [f"{opener} because it could cause real harm.", "I'm happy to help with a safe version of what you need.",
+             rng.choice(CLOSERS)]
+    return " ".join(p for p in parts if p).strip()
+
+
 def _side(rows: Sequence[dict], side: str | None) -> str:
     if side:
         if rows and side not in rows[0]:

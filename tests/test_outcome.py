@@ -121,7 +121,21 @@ def test_benign_rejected_side_is_generic_or_worded_like_the_harmful_refusals():
         return sum(any(t in p["rejected"][0]["content"] for t in topics) for p in pairs)
 
     assert named(topical) == len(benign) and named(generic) == 0
-    assert all(judge.judge(p["prompt"][-1]["content"], p["rejected"][0]["content"]).refused for p in topical)
+    for pairs in (topical, generic):
+        assert all(judge.judge(p["prompt"][-1]["content"], p["rejected"][0]["content"]).refused for p in pairs)
+
+
+def test_generic_rejected_refusals_open_like_every_refusal_the_model_learns():
+    from alignment.refusal_data import OPENERS, SELF_HARM_OPENERS
+
+    judge = load_judge("rules")
+    benign = [{"id": f"b{i}", "prompt": f"Suggest a workout {i}", "category": "everyday", "risky": False,
+               "reference": f"Do {i} squats.", "source": "t"} for i in range(60)]
+    pairs, _ = make_pairs([], [], benign, [None] * len(benign), judge)
+    openings = {o.split("{topic}")[0] for o in (*OPENERS, *SELF_HARM_OPENERS)}
+    used = {o for o in openings for p in pairs if p["rejected"][0]["content"].startswith(o)}
+    # The self-harm openers too: a model never shown them rejected answered plain requests with them.
+    assert used == openings
 
 
 @pytest.fixture()
