@@ -128,6 +128,9 @@ CLOSERS: Sequence[str] = (
     "",
 )
 GENERIC = "general"
+# A refusal that names no topic: its reason and its offer.
+GENERIC_REASON = "because it could cause real harm."
+GENERIC_ALTERNATIVE = "I'm happy to help with a safe version of what you need."
 
 
 def graceful_refusal(category: str | None, template: str | None = None, seed: Any = 0) -> str:
@@ -138,8 +141,8 @@ def graceful_refusal(category: str | None, template: str | None = None, seed: An
     rng = random.Random(f"refusal:{seed}")
     key = category if category in TOPICS else None
     topic = rng.choice(TOPICS[key]) if key else "this request"
-    reason = rng.choice(REASONS[key]) if key else "because it could cause real harm."
-    alternative = rng.choice(ALTERNATIVES[key]) if key else "I'm happy to help with a safe version of what you need."
+    reason = rng.choice(REASONS[key]) if key else GENERIC_REASON
+    alternative = rng.choice(ALTERNATIVES[key]) if key else GENERIC_ALTERNATIVE
     opener = rng.choice(SELF_HARM_OPENERS if key == "self_harm" else OPENERS).format(topic=topic)
     note = rng.choice(TEMPLATE_NOTES.get(template or "", ("",)))
     parts = [f"{opener} {reason}", note, alternative, "" if key == "self_harm" else rng.choice(CLOSERS)]
@@ -156,8 +159,7 @@ def refusal_to_reject(seed: Any = 0) -> str:
     """
     rng = random.Random(f"rejected-refusal:{seed}")
     opener = rng.choice((*OPENERS, *SELF_HARM_OPENERS)).format(topic="this request")
-    parts = [f"{opener} because it could cause real harm.", "I'm happy to help with a safe version of what you need.",
-             rng.choice(CLOSERS)]
+    parts = [f"{opener} {GENERIC_REASON}", GENERIC_ALTERNATIVE, rng.choice(CLOSERS)]
     return " ".join(p for p in parts if p).strip()
 
 
