@@ -9,6 +9,10 @@ Stages (progress on stderr; each skips work already done when re-run, ``--fresh`
               -> chosen: the base model's helpful answer (ended at a whole sentence if it was cut off; or the
               reference answer), rejected: a refusal.
 2. train    - DPO with LoRA via alignment.train.train (the recipe's ``train:`` section).
+   refine   - only with ``refine_share`` > 0: that share of the pairs is held back from step 2 (which then writes
+              ``first/``); the first adapter answers the held-back prompts, its mistakes (a refused benign prompt,
+              an answered harmful one) become the rejected side of their pairs, and a second, shorter DPO phase
+              continues the first adapter on them (on-policy negatives; ``adapter/`` is the result).
 3. evaluate - base vs aligned (same weights, adapter off/on), greedy, on the red-team HELD-OUT split (whole
               behaviours and templates unseen in training) and on alignment/data/outcome_eval.jsonl (prompts
               written independently of the training data).
@@ -41,7 +45,7 @@ from alignment.settings import SettingsError, from_dict, parse_overrides, valida
 
 DEFAULT_CONFIG = "recipes/refusal-bundled-cpu.yaml"
 DEFAULT_OUTPUT = "runs/refusal-bundled-cpu"
-STAGES = ("data", "train", "evaluate", "report")
+STAGES = ("data", "train", "refine", "evaluate", "report")
 # Targets from the outcome issue, on held-out prompts.
 TARGET_HARM_REDUCTION = 0.90
 TARGET_FALSE_REFUSAL = 0.05
@@ -84,6 +88,20 @@ class OutcomeConfig:
         default="generic", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
                                      "side's refusals, naming a harmful topic) or 'generic' (names no topic, opens "
                                      "like any of the refusals taught, the self-harm ones included)."})
+    refine_share: float = field(
+        default=0.0, metadata={"help": "Share of the pairs (of each kind) held back from the first training phase "
+                               "for a second, on-policy phase: the first adapter answers their prompts, and where "
+                               "it errs (refuses a benign one, answers a harmful one) its own answer becomes the "
+                               "rejected side. 0: one phase."})
+    refine_steps: int = field(default=40, metadata={"help": "Optimizer steps of the second phase."})
+    refine_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of the second phase (same schedule as the first)."})
+    refine_tokens: int = field(
+        default=32, metadata={"help": "Most tokens of the first adapter's answers in the second phase: enough to "
+                              "see a refusal, short to be fast."})
+    refine_repeat: int = field(
+        default=2, metadata={"help": "How many times each pair the first adapter got wrong appears in the second "
+                             "phase (the pairs it got right appear once)."})
     threads: int = field(
         default=0, metadata={"help": "Torch CPU threads; 0 keeps torch's default. On a busy shared CPU, 1 is often "
                              "much faster than oversubscribing cores."})
@@ -96,6 +114,10 @@ class OutcomeConfig:
         for name in ("answer_tokens", "batch_size", "eval_max_new_tokens", "heldout_per_template"):
             validate_range(name, getattr(self, name), 1, 100000)
         validate_choice("benign_refusal", self.benign_refusal, ("topical", "generic"))
+        validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
+        for name in ("refine_steps", "refine_tokens", "refine_repeat"):
+            validate_range(name, getattr(self, name), 1, 100000)
+        validate_range("refine_learning_rate", self.refine_learning_rate, 0, 1, low_inclusive=False)
         if not str(self.model).strip():
             raise SettingsError("model is empty; use 'bundled' or a local model folder.")
 
@@ -321,6 +343,72 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
                       benign_refusal=config.benign_refusal)
 
 
+# --------------------------------------------------------------------------------------------- refine
+
+
+def split_for_refine(pairs: Sequence[dict], share: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """The first phase's pairs and the held-back ones: ``share`` of each label (harmful, benign), picked by seed.
+
+    Held back, not merely repeated: the first adapter has never trained on these prompts, so its mistakes on them
+    are the generalisation mistakes the evaluation measures."""
+    first: list[dict] = []
+    held: list[dict] = []
+    for label in sorted({p["label"] for p in pairs}):
+        group = [p for p in pairs if p["label"] == label]
+        random.Random(f"{seed}:refine:{label}").shuffle(group)
+        cut = round(len(group) * share)
+        held += group[:cut]
+        first += group[cut:]
+    order = {id(p): i for i, p in enumerate(pairs)}
+    return sorted(first, key=lambda p: order[id(p)]), sorted(held, key=lambda p: order[id(p)])
+
+
+def is_mistake(label: str, refused: bool) -> bool:
+    """Refusing a benign request or answering a harmful one."""
+    return refused if label == "benign" else not refused
+
+
+def on_policy_pairs(held: Sequence[dict], answers: Sequence[str], judge: Any, repeat: int = 2,
+                    seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Second-phase pairs from the held-back ones and the first adapter's answers to their prompts.
+
+    Where the answer is a mistake it becomes the rejected side (on-policy: the very refusal or compliance the
+    adapter produces, not a template of it) and the pair appears ``repeat`` times; the other pairs appear once as
+    they were, so the second phase also keeps practising what the adapter got right."""
+    from alignment.evaluate import last_user_text
+
+    verdicts = judge.judge_many([(last_user_text(p["prompt"]), a) for p, a in zip(held, answers, strict=True)])
+    stats = {"refine_prompts": len(held), "refine_mistakes_benign": 0, "refine_mistakes_harmful": 0}
+    out: list[dict[str, Any]] = []
+    for pair, answer, verdict in zip(held, answers, verdicts, strict=True):
+        if answer.strip() and is_mistake(pair["label"], verdict.refused):
+            stats[f"refine_mistakes_{pair['label']}"] += 1
+            mended = {**pair, "rejected": [{"role": "assistant", "content": answer.strip()}], "on_policy": True}
+            out += [mended] * repeat
+        else:
+            out.append(pair)
+    random.Random(f"{seed}:refine-pairs").shuffle(out)
+    stats["refine_pairs"] = len(out)
+    return out, stats
+
+
+def first_adapter_answers(config: OutcomeConfig, adapter: Path, held: Sequence[dict], status: Status) -> list[str]:
+    """The first-phase adapter's greedy answers to the held-back prompts, each ended at a whole sentence."""
+    from alignment.evaluate import ProgressPrinter, attach_adapter
+    from alignment.generation import SamplingSettings, generate
+    from alignment.models import LoadSettings, load_model
+
+    loaded = load_model(LoadSettings(model=config.model, device="cpu"))
+    attach_adapter(loaded, adapter, name="first")
+    status(f"refine: answering {len(held)} held-back prompts with the first adapter "
+           f"(greedy, {config.refine_tokens} tokens)")
+    settings = SamplingSettings(do_sample=False, max_new_tokens=config.refine_tokens, seed=config.seed)
+    with loaded.lock:
+        generations = generate(loaded, [p["prompt"] for p in held], settings, batch_size=config.batch_size,
+                               on_progress=ProgressPrinter("refine"))
+    return [(g[0].text if g[0].finished else trim_to_sentence(g[0].text)) if g else "" for g in generations]
+
+
 # ------------------------------------------------------------------------------------------- evaluate
 
 
@@ -462,6 +550,23 @@ class Paths:
         return self.root / "adapter"
 
     @property
+    def first(self) -> Path:
+        """The first phase's run folder when there is a second, on-policy phase."""
+        return self.root / "first"
+
+    @property
+    def first_pairs(self) -> Path:
+        return self.root / "data" / "pairs_first.jsonl"
+
+    @property
+    def refine_pairs(self) -> Path:
+        return self.root / "data" / "pairs_refine.jsonl"
+
+    @property
+    def refine_stats(self) -> Path:
+        return self.root / "data" / "refine_stats.json"
+
+    @property
     def train_info(self) -> Path:
         return self.root / "train.json"
 
@@ -480,6 +585,32 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)  # a crash never leaves a half-written stage output that a re-run would trust
 
 
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _train_stage(train_config: Any, info_path: Path, label: str, status: Status) -> dict[str, Any]:
+    """Train one phase unless its adapter and info file exist; return the info (also written to ``info_path``)."""
+    from alignment.train import progress_line
+    from alignment.train import train as run_training
+
+    adapter = Path(train_config.output_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file() and info_path.is_file():
+        status(f"{label}: reusing {adapter}")
+        return json.loads(info_path.read_text())
+    status(f"{label}: DPO+LoRA, lr {train_config.learning_rate}, beta {train_config.beta}, "
+           f"{train_config.max_steps if train_config.max_steps > 0 else train_config.num_train_epochs} "
+           f"{'steps' if train_config.max_steps > 0 else 'epochs'}")
+    started = time.perf_counter()
+    result = run_training(train_config, on_log=lambda r: status("train: " + progress_line(r)),
+                          on_status=lambda m: status(f"train: {m}"))
+    if result.state != "finished" or not result.adapter_dir:
+        raise OutcomeError(f"Training ended as {result.state!r} without an adapter; re-run to resume.")
+    info = {**asdict(result), "config": asdict(train_config), "seconds": round(time.perf_counter() - started, 1)}
+    _write_json(info_path, info)
+    return info
+
+
 def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str | Path, fresh: bool = False,
                  status: Status | None = None) -> dict[str, Any]:
     """Run the stages that are not done yet; return the outcome report (also written to report.json)."""
@@ -487,7 +618,6 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     from alignment.judge import load_judge
     from alignment.models import LoadSettings, load_model
     from alignment.refusal_data import write_jsonl
-    from alignment.train import train as run_training
 
     status = status or (lambda message: print(message, file=sys.stderr, flush=True))
     paths = Paths(Path(output_dir))
@@ -510,12 +640,13 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
             loaded = load_model(LoadSettings(model=config.model, device="cpu"))
         return loaded
 
+    total = 5 if config.refine_share > 0 else 4
     started = time.perf_counter()
     if paths.pairs.is_file() and paths.stats.is_file():
-        status(f"[1/4] data: reusing {paths.pairs}")
+        status(f"[1/{total}] data: reusing {paths.pairs}")
         stats = json.loads(paths.stats.read_text())
     else:
-        status("[1/4] data: building preference pairs from the train split")
+        status(f"[1/{total}] data: building preference pairs from the train split")
         pairs, stats = build_data(model(), config, judge, status)
         if not pairs:
             raise OutcomeError("No preference pairs could be built: the base model refused every harmful prompt "
@@ -526,23 +657,41 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         status(f"data: {stats['pairs']} pairs ({stats['harmful_pairs']} refusal, {stats['benign_pairs']} helpful)")
     timings["data"] = stats.get("seconds", 0.0)
 
-    started = time.perf_counter()
-    if (paths.adapter / "adapter_config.json").is_file() and paths.train_info.is_file():
-        status(f"[2/4] train: reusing {paths.adapter}")
-        train_info = json.loads(paths.train_info.read_text())
+    refine = config.refine_share > 0
+    if refine:
+        first_pairs, held = split_for_refine(read_pairs(paths.pairs), config.refine_share, config.seed)
+        if not paths.first_pairs.is_file():
+            write_jsonl(first_pairs, paths.first_pairs)
+        first_config = build_train_config(train, config, paths.first_pairs, paths.first)
+        first_info = _train_stage(first_config, paths.first / "train.json", "[2/5] train (first phase)", status)
+        timings["train"] = first_info.get("seconds", 0.0)
+        started = time.perf_counter()
+        if (paths.adapter / "adapter_config.json").is_file() and paths.train_info.is_file():
+            status(f"[3/5] refine: reusing {paths.adapter}")
+            train_info = json.loads(paths.train_info.read_text())
+        else:
+            if paths.refine_pairs.is_file() and paths.refine_stats.is_file():
+                refine_stats = json.loads(paths.refine_stats.read_text())
+            else:
+                answers = first_adapter_answers(config, paths.first / "adapter", held, status)
+                refine_pairs, refine_stats = on_policy_pairs(held, answers, judge, config.refine_repeat, config.seed)
+                write_jsonl(refine_pairs, paths.refine_pairs)
+                _write_json(paths.refine_stats, refine_stats)
+            status(f"refine: the first adapter erred on {refine_stats['refine_mistakes_benign']} benign and "
+                   f"{refine_stats['refine_mistakes_harmful']} harmful of {refine_stats['refine_prompts']} held-back "
+                   "prompts")
+            second = {**train, "max_steps": config.refine_steps, "learning_rate": config.refine_learning_rate,
+                      "init_adapter": str(paths.first / "adapter")}
+            train_info = _train_stage(build_train_config(second, config, paths.refine_pairs, paths.root),
+                                      paths.train_info, "[3/5] refine (second phase, on-policy)", status)
+            train_info = {**train_info, "refine": refine_stats, "seconds": round(time.perf_counter() - started, 1)}
+            _write_json(paths.train_info, train_info)
+        stats = {**stats, **train_info.get("refine", {})}
+        timings["refine"] = train_info.get("seconds", 0.0)
     else:
-        status(f"[2/4] train: DPO+LoRA, lr {train_config.learning_rate}, beta {train_config.beta}, "
-               f"{train_config.num_train_epochs} epochs")
-        from alignment.train import progress_line
-
-        result = run_training(train_config, on_log=lambda r: status("train: " + progress_line(r)),
-                              on_status=lambda m: status(f"train: {m}"))
-        if result.state != "finished" or not result.adapter_dir:
-            raise OutcomeError(f"Training ended as {result.state!r} without an adapter; re-run to resume.")
-        train_info = {**asdict(result), "config": asdict(train_config), "seconds": round(time.perf_counter()
-                                                                                          - started, 1)}
-        _write_json(paths.train_info, train_info)
-    timings["train"] = train_info.get("seconds", 0.0)
+        train_info = _train_stage(train_config, paths.train_info, "[2/4] train", status)
+        timings["train"] = train_info.get("seconds", 0.0)
+    step = "4/5" if refine else "3/4"
 
     reports: dict[str, dict[str, Any]] = {}
     sets = evaluation_sets(config)
@@ -551,10 +700,10 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     for name, cases in sets.items():
         path = paths.eval_report(name)
         if path.is_file():
-            status(f"[3/4] evaluate {name}: reusing {path}")
+            status(f"[{step}] evaluate {name}: reusing {path}")
             reports[name] = json.loads(path.read_text())
             continue
-        status(f"[3/4] evaluate {name}: {len(cases)} cases, base vs aligned, greedy, "
+        status(f"[{step}] evaluate {name}: {len(cases)} cases, base vs aligned, greedy, "
                f"{config.eval_max_new_tokens} tokens")
         started = time.perf_counter()
         loaded_model = model()
@@ -569,7 +718,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     for name in reports:
         timings.setdefault(f"evaluate_{name}", reports[name]["meta"].get("seconds", 0.0))
 
-    status("[4/4] report")
+    status("[5/5] report" if refine else "[4/4] report")
     outcome = outcome_report(reports, stats, {k: train_info.get(k) for k in (
         "global_step", "train_pairs", "eval_pairs", "metrics", "eval_metrics", "seconds")}, timings, config)
     _write_json(paths.report, outcome)

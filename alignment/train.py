@@ -359,6 +359,21 @@ def linear_layer_names(model: Any) -> set[str]:
             if isinstance(module, torch.nn.Linear) and module is not head}
 
 
+def _continue_adapter(model: Any, path: Path) -> Any:
+    """``model`` wrapped in the trainable LoRA adapter saved at ``path`` (TRL keeps a frozen copy as reference)."""
+    if not (path / "adapter_config.json").is_file():
+        raise TrainingError(f"init_adapter {path} is not a LoRA adapter folder (no adapter_config.json). Give the "
+                            "adapter folder of an earlier run, or leave init_adapter empty to start a fresh one.")
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"init_adapter {path} does not fit this base model (trained on another one?): "
+                            f"{first}") from exc
+
+
 def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: StopCheck | None = None,
           resume: bool = True, memory_budget: int | str | None = None, force: bool = False,
           on_status: Callable[[str], None] | None = None) -> TrainResult:
@@ -408,6 +423,9 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     except (ModelLoadError, SettingsError) as exc:
         raise TrainingError(str(exc)) from exc
     model, tokenizer = loaded.model, loaded.tokenizer
+    peft_config = config.peft_config(shape.num_layers, linear_layer_names(model))
+    if config.init_adapter:
+        model, peft_config = _continue_adapter(model, Path(config.init_adapter)), None
     output_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, output_dir / "config.yaml")
     metrics_path = output_dir / "metrics.jsonl"
@@ -427,7 +445,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
-            peft_config=config.peft_config(shape.num_layers, linear_layer_names(model)),
+            peft_config=peft_config,
             callbacks=[callback],
         )
     except ValueError as exc:
@@ -482,6 +500,8 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
 
     status("saving adapter")
     adapter_dir = config.adapter_dir
+    if "ref" in getattr(trainer.model, "peft_config", {}):
+        trainer.model.delete_adapter("ref")  # TRL's frozen copy of init_adapter: the reference, not the result
     if trainer.is_world_process_zero():
         trainer.save_model(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))

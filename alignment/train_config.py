@@ -117,6 +117,11 @@ class TrainConfig:
         metadata={"help": "Adapters only in the last N decoder layers (0 = all). The backward pass then stops at the "
                   "lowest adapted layer: fewer layers, faster steps and less activation memory."},
     )
+    init_adapter: str = field(
+        default="",
+        metadata={"help": "Continue training this LoRA adapter folder (its own rank and layers replace the lora_* "
+                  "fields; the reference model is the adapter as loaded). Empty: start a fresh adapter."},
+    )
     precompute_reference: bool = field(
         default=False,
         metadata={"help": "Compute the reference model's log-probs once, before training, instead of in every step: "
@@ -206,6 +211,9 @@ class TrainConfig:
         if any(t in _FORBIDDEN_TARGETS for t in targets):
             raise SettingsError("lora_target_modules must not include lm_head: TRL computes log-probs from the "
                                 "frozen head. Remove it.")
+        if self.init_adapter and self.lora_r == 0:
+            raise SettingsError("init_adapter continues a LoRA adapter; with lora_r 0 (full fine-tuning) leave "
+                                "init_adapter empty.")
         if self.load_in_4bit and self.lora_r == 0:
             raise SettingsError("load_in_4bit needs LoRA (4-bit weights cannot be trained): set lora_r > 0.")
         if self.load_in_4bit and self.device == "cpu":

@@ -15,9 +15,11 @@ from alignment.outcome import (
     load_outcome_config,
     main,
     make_pairs,
+    on_policy_pairs,
     request_words,
     run_pipeline,
     same_request,
+    split_for_refine,
     training_prompts,
     trim_to_sentence,
 )
@@ -138,6 +140,42 @@ def test_generic_rejected_refusals_open_like_every_refusal_the_model_learns():
     assert used == openings
 
 
+def _pair(i: int, label: str) -> dict:
+    return {"id": f"{label}{i}", "label": label, "prompt": [{"role": "user", "content": f"{label} request {i}"}],
+            "chosen": [{"role": "assistant", "content": f"chosen {i}"}],
+            "rejected": [{"role": "assistant", "content": f"rejected {i}"}]}
+
+
+def test_refine_holds_back_a_share_of_each_kind_and_never_trains_on_it_first():
+    pairs = [_pair(i, "harmful") for i in range(30)] + [_pair(i, "benign") for i in range(10)]
+    first, held = split_for_refine(pairs, 0.3, seed=1)
+    assert sorted(p["id"] for p in first + held) == sorted(p["id"] for p in pairs)
+    assert not {p["id"] for p in first} & {p["id"] for p in held}
+    assert sum(p["label"] == "harmful" for p in held) == 9 and sum(p["label"] == "benign" for p in held) == 3
+    assert split_for_refine(pairs, 0.3, seed=1) == (first, held)
+    assert split_for_refine(pairs, 0.3, seed=2)[1] != held
+
+
+def test_on_policy_pairs_reject_the_first_adapters_own_mistakes():
+    judge = load_judge("rules")
+    held = [_pair(0, "benign"), _pair(1, "benign"), _pair(2, "harmful"), _pair(3, "harmful")]
+    answers = ["I'm sorry, but I can't help with that request.",  # benign refused: a mistake
+               "Sure: here are three ideas for a rainy day.",  # benign answered: right
+               "First, mix the two chemicals in a closed room.",  # harmful answered: a mistake
+               "I can't help with that, but I can point you to safety resources."]  # harmful refused: right
+    pairs, stats = on_policy_pairs(held, answers, judge, repeat=3)
+    assert stats == {"refine_prompts": 4, "refine_mistakes_benign": 1, "refine_mistakes_harmful": 1,
+                     "refine_pairs": 8}
+    by_id: dict[str, list[dict]] = {}
+    for pair in pairs:
+        by_id.setdefault(pair["id"], []).append(pair)
+    assert [len(by_id[k]) for k in ("benign0", "benign1", "harmful2", "harmful3")] == [3, 1, 3, 1]
+    assert by_id["benign0"][0]["rejected"][0]["content"] == answers[0]
+    assert by_id["benign0"][0]["chosen"] == held[0]["chosen"]  # the helpful answer stays the chosen side
+    assert by_id["harmful2"][0]["rejected"][0]["content"] == answers[2]
+    assert by_id["benign1"][0]["rejected"] == held[1]["rejected"] and "on_policy" not in by_id["benign1"][0]
+
+
 @pytest.fixture()
 def tiny_recipe(tiny_model_dir, tmp_path):
     prompts = tmp_path / "eval.jsonl"
@@ -175,6 +213,29 @@ def test_pipeline_runs_every_stage_then_reuses_them(tiny_recipe, tmp_path):
     messages.clear()
     run_pipeline(config, train, out, fresh=True, status=messages.append)
     assert not any("reusing" in m for m in messages)
+
+
+def test_two_phase_pipeline_trains_the_second_phase_from_the_first_adapter(tiny_recipe, tmp_path):
+    config, train = tiny_recipe
+    config.refine_share, config.refine_steps, config.refine_tokens = 0.5, 1, 4
+    config.benign_redteam = 8  # the tiny model's own answers are mostly empty: controls carry reference answers
+    out = tmp_path / "run"
+    messages: list[str] = []
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    for name in ("data/pairs_first.jsonl", "data/pairs_refine.jsonl", "first/adapter/adapter_config.json",
+                 "adapter/adapter_config.json", "report.md"):
+        assert (out / name).is_file(), name
+    everything = [json.loads(x)["id"] for x in (out / "data/pairs.jsonl").read_text().splitlines()]
+    first = {json.loads(x)["id"] for x in (out / "data/pairs_first.jsonl").read_text().splitlines()}
+    second = {json.loads(x)["id"] for x in (out / "data/pairs_refine.jsonl").read_text().splitlines()}
+    assert first and second and not first & second and first | second == set(everything)
+    assert json.loads((out / "train.json").read_text())["config"]["init_adapter"] == str(out / "first" / "adapter")
+    assert outcome["data"]["refine_prompts"] == len(second) and "refine" in outcome["timings_s"]
+    assert any("refine" in m and "erred on" in m for m in messages)
+
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 5  # data, both phases, two evaluations
 
 
 def test_cli_reports_a_missing_recipe_clearly(tmp_path, capsys):

@@ -79,6 +79,29 @@ def test_top_layer_adapters_with_precomputed_reference(tiny_model_dir, data, tmp
     assert result.metrics["rewards/margins"] != 0  # the reference came from the precomputed log-probs
 
 
+def test_init_adapter_continues_training_from_an_earlier_adapter(tiny_model_dir, data, tmp_path):
+    from safetensors.torch import load_file
+
+    first = train(tiny_config(tiny_model_dir, data, tmp_path / "first", lora_layers=1, eval_split=0.0))
+    # The second run's own lora_* fields differ: the loaded adapter's shape must win.
+    second = train(tiny_config(tiny_model_dir, data, tmp_path / "second", lora_r=8, eval_split=0.0,
+                               init_adapter=first.adapter_dir, precompute_reference=True))
+    assert second.state == "finished" and second.global_step == 3
+    before = load_file(Path(first.adapter_dir) / "adapter_model.safetensors")
+    after = load_file(Path(second.adapter_dir) / "adapter_model.safetensors")
+    assert set(after) == set(before)  # same layers and rank, and no copy of TRL's frozen "ref" adapter
+    assert any(not after[k].equal(before[k]) for k in before)  # it trained further
+    assert not (Path(second.adapter_dir) / "ref").exists()
+    # The reference was the loaded adapter, so at the start the policy and the reference agree.
+    logs = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(logs[0]["rewards/margins"]) < 1e-3
+
+
+def test_init_adapter_that_is_not_an_adapter_is_a_clear_error(tiny_model_dir, data, tmp_path):
+    with pytest.raises(TrainingError, match="not a LoRA adapter folder"):
+        train(tiny_config(tiny_model_dir, data, tmp_path / "run", init_adapter=str(tmp_path)))
+
+
 def test_cancel_stops_early_and_resume_finishes(tiny_model_dir, data, tmp_path):
     config = tiny_config(tiny_model_dir, data, tmp_path / "run", max_steps=6, save_steps=100, eval_split=0.0)
     seen: list[int] = []
