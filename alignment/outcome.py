@@ -96,6 +96,9 @@ class OutcomeConfig:
     refine_steps: int = field(default=40, metadata={"help": "Optimizer steps of the second phase."})
     refine_learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate of the second phase (same schedule as the first)."})
+    refine_reference: str = field(
+        default="adapter", metadata={"help": "DPO reference of the second phase: 'adapter' (the first adapter) or "
+                                     "'base' (the base model: the gradient goes to the first adapter's mistakes)."})
     refine_tokens: int = field(
         default=32, metadata={"help": "Most tokens of the first adapter's answers in the second phase: enough to "
                               "see a refusal, short to be fast."})
@@ -115,6 +118,7 @@ class OutcomeConfig:
             validate_range(name, getattr(self, name), 1, 100000)
         validate_choice("benign_refusal", self.benign_refusal, ("topical", "generic"))
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
+        validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         for name in ("refine_steps", "refine_tokens", "refine_repeat"):
             validate_range(name, getattr(self, name), 1, 100000)
         validate_range("refine_learning_rate", self.refine_learning_rate, 0, 1, low_inclusive=False)
@@ -681,7 +685,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
                    f"{refine_stats['refine_mistakes_harmful']} harmful of {refine_stats['refine_prompts']} held-back "
                    "prompts")
             second = {**train, "max_steps": config.refine_steps, "learning_rate": config.refine_learning_rate,
-                      "init_adapter": str(paths.first / "adapter")}
+                      "init_adapter": str(paths.first / "adapter"), "init_reference": config.refine_reference}
             train_info = _train_stage(build_train_config(second, config, paths.refine_pairs, paths.root),
                                       paths.train_info, "[3/5] refine (second phase, on-policy)", status)
             train_info = {**train_info, "refine": refine_stats, "seconds": round(time.perf_counter() - started, 1)}

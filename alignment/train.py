@@ -424,8 +424,13 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         raise TrainingError(str(exc)) from exc
     model, tokenizer = loaded.model, loaded.tokenizer
     peft_config = config.peft_config(shape.num_layers, linear_layer_names(model))
+    reference = None
     if config.init_adapter:
         model, peft_config = _continue_adapter(model, Path(config.init_adapter)), None
+        if config.init_reference == "base":
+            # A separate frozen base: given a ref_model, TRL neither copies the adapter nor disables it for reference.
+            reference = load_model(LoadSettings(model=config.model, device=device, dtype=config.model_dtype(device),
+                                                load_in_4bit=config.load_in_4bit)).model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(config, output_dir / "config.yaml")
     metrics_path = output_dir / "metrics.jsonl"
@@ -441,6 +446,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     try:
         trainer = DPOTrainer(
             model=model,
+            ref_model=reference,
             args=config.to_dpo_config(device),
             train_dataset=train_set,
             eval_dataset=eval_set,

@@ -120,7 +120,13 @@ class TrainConfig:
     init_adapter: str = field(
         default="",
         metadata={"help": "Continue training this LoRA adapter folder (its own rank and layers replace the lora_* "
-                  "fields; the reference model is the adapter as loaded). Empty: start a fresh adapter."},
+                  "fields). Empty: start a fresh adapter."},
+    )
+    init_reference: str = field(
+        default="adapter",
+        metadata={"help": "With init_adapter, the DPO reference: 'adapter' (the adapter as loaded, TRL's default: "
+                  "pairs start at margin 0) or 'base' (the base model, a second copy in memory: pairs the adapter "
+                  "already gets right start saturated, so the gradient goes to its mistakes)."},
     )
     precompute_reference: bool = field(
         default=False,
@@ -211,6 +217,7 @@ class TrainConfig:
         if any(t in _FORBIDDEN_TARGETS for t in targets):
             raise SettingsError("lora_target_modules must not include lm_head: TRL computes log-probs from the "
                                 "frozen head. Remove it.")
+        validate_choice("init_reference", self.init_reference, ("adapter", "base"))
         if self.init_adapter and self.lora_r == 0:
             raise SettingsError("init_adapter continues a LoRA adapter; with lora_r 0 (full fine-tuning) leave "
                                 "init_adapter empty.")

@@ -97,6 +97,22 @@ def test_init_adapter_continues_training_from_an_earlier_adapter(tiny_model_dir,
     assert abs(logs[0]["rewards/margins"]) < 1e-3
 
 
+def test_init_adapter_can_train_against_the_base_model_as_reference(tiny_model_dir, data, tmp_path):
+    first = train(tiny_config(tiny_model_dir, data, tmp_path / "first", learning_rate=5e-2, eval_split=0.0))
+    fresh = train(tiny_config(tiny_model_dir, data, tmp_path / "fresh", eval_split=0.0, max_steps=1,
+                              precompute_reference=True))
+    on_base = train(tiny_config(tiny_model_dir, data, tmp_path / "on-base", eval_split=0.0, max_steps=1,
+                                precompute_reference=True, init_adapter=first.adapter_dir, init_reference="base"))
+    assert on_base.state == "finished" and not (Path(on_base.adapter_dir) / "ref").exists()
+
+    def first_log(run):
+        return json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])
+
+    # Same pairs, same base reference: a fresh adapter starts at margin 0, the continued one where it left off.
+    assert abs(first_log("fresh")["rewards/margins"]) < 1e-3
+    assert abs(first_log("on-base")["rewards/margins"]) > 1e-2
+
+
 def test_init_adapter_that_is_not_an_adapter_is_a_clear_error(tiny_model_dir, data, tmp_path):
     with pytest.raises(TrainingError, match="not a LoRA adapter folder"):
         train(tiny_config(tiny_model_dir, data, tmp_path / "run", init_adapter=str(tmp_path)))
