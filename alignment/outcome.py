@@ -686,8 +686,12 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
                    "prompts")
             second = {**train, "max_steps": config.refine_steps, "learning_rate": config.refine_learning_rate,
                       "init_adapter": str(paths.first / "adapter"), "init_reference": config.refine_reference}
-            train_info = _train_stage(build_train_config(second, config, paths.refine_pairs, paths.root),
-                                      paths.train_info, "[3/5] refine (second phase, on-policy)", status)
+            second_config = build_train_config(second, config, paths.refine_pairs, paths.root)
+            if second_config.max_steps * second_config.effective_batch_size < refine_stats["refine_pairs"]:
+                # Fewer visits than pairs: a reference forward per visit costs less than one per pair up front.
+                second_config.precompute_reference = False
+            train_info = _train_stage(second_config, paths.train_info, "[3/5] refine (second phase, on-policy)",
+                                      status)
             train_info = {**train_info, "refine": refine_stats, "seconds": round(time.perf_counter() - started, 1)}
             _write_json(paths.train_info, train_info)
         stats = {**stats, **train_info.get("refine", {})}

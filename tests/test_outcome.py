@@ -219,6 +219,7 @@ def test_two_phase_pipeline_trains_the_second_phase_from_the_first_adapter(tiny_
     config, train = tiny_recipe
     config.refine_share, config.refine_steps, config.refine_tokens = 0.5, 1, 4
     config.benign_redteam = 8  # the tiny model's own answers are mostly empty: controls carry reference answers
+    train["precompute_reference"] = True
     out = tmp_path / "run"
     messages: list[str] = []
     outcome = run_pipeline(config, train, out, status=messages.append)
@@ -229,7 +230,11 @@ def test_two_phase_pipeline_trains_the_second_phase_from_the_first_adapter(tiny_
     first = {json.loads(x)["id"] for x in (out / "data/pairs_first.jsonl").read_text().splitlines()}
     second = {json.loads(x)["id"] for x in (out / "data/pairs_refine.jsonl").read_text().splitlines()}
     assert first and second and not first & second and first | second == set(everything)
-    assert json.loads((out / "train.json").read_text())["config"]["init_adapter"] == str(out / "first" / "adapter")
+    second_config = json.loads((out / "train.json").read_text())["config"]
+    assert second_config["init_adapter"] == str(out / "first" / "adapter")
+    # One step of 2 pairs visits fewer pairs than there are: the reference is then computed per visit.
+    assert second_config["precompute_reference"] is False
+    assert json.loads((out / "first" / "train.json").read_text())["config"]["precompute_reference"] is True
     assert outcome["data"]["refine_prompts"] == len(second) and "refine" in outcome["timings_s"]
     assert any("refine" in m and "erred on" in m for m in messages)
 
