@@ -319,6 +319,14 @@ def trim_to_sentence(text: str) -> str:
     return text[:cut].rstrip() if cut >= len(text) // 2 else text
 
 
+def whole_answer(generations: Sequence[Any]) -> str:
+    """The first generation's text, ended at its last whole sentence if it was cut off at max_new_tokens."""
+    if not generations:
+        return ""
+    first = generations[0]
+    return first.text if first.finished else trim_to_sentence(first.text)
+
+
 def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Generate the base model's answers greedily and turn them into pairs."""
@@ -339,8 +347,7 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
     harmful_answers = texts[:len(harmful)]
     # A helpful answer cut off at answer_tokens becomes a chosen side that ends (with the end-of-turn token)
     # mid-word, which teaches the model to stop mid-sentence; end it at its last whole sentence instead.
-    benign_texts = [t if g and g[0].finished else trim_to_sentence(t)
-                    for g, t in zip(generations[len(harmful):], texts[len(harmful):], strict=True)]
+    benign_texts = [whole_answer(g) for g in generations[len(harmful):]]
     by_id = {b["id"]: t for b, t in zip(to_answer, benign_texts, strict=True)}
     benign_answers = [by_id.get(b["id"]) for b in benign]
     return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
@@ -410,7 +417,7 @@ def first_adapter_answers(config: OutcomeConfig, adapter: Path, held: Sequence[d
     with loaded.lock:
         generations = generate(loaded, [p["prompt"] for p in held], settings, batch_size=config.batch_size,
                                on_progress=ProgressPrinter("refine"))
-    return [(g[0].text if g[0].finished else trim_to_sentence(g[0].text)) if g else "" for g in generations]
+    return [whole_answer(g) for g in generations]
 
 
 # ------------------------------------------------------------------------------------------- evaluate
@@ -589,10 +596,6 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)  # a crash never leaves a half-written stage output that a re-run would trust
 
 
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _train_stage(train_config: Any, info_path: Path, label: str, status: Status) -> dict[str, Any]:
     """Train one phase unless its adapter and info file exist; return the info (also written to ``info_path``)."""
     from alignment.train import progress_line
@@ -663,7 +666,9 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
 
     refine = config.refine_share > 0
     if refine:
-        first_pairs, held = split_for_refine(read_pairs(paths.pairs), config.refine_share, config.seed)
+        from alignment.train import read_rows
+
+        first_pairs, held = split_for_refine(read_rows(str(paths.pairs)), config.refine_share, config.seed)
         if not paths.first_pairs.is_file():
             write_jsonl(first_pairs, paths.first_pairs)
         first_config = build_train_config(train, config, paths.first_pairs, paths.first)

@@ -65,7 +65,8 @@ class TrainResult:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def _read_rows(source: str) -> list[dict[str, Any]]:
+def read_rows(source: str) -> list[dict[str, Any]]:
+    """The raw rows of a .jsonl / .parquet file or a Hub dataset id, every key kept (DatasetError if unreadable)."""
     path = Path(source).expanduser()
     if path.suffix == ".jsonl" or path.suffix == ".json":
         if not path.is_file():
@@ -194,7 +195,7 @@ def validate_rows(rows: list[Any], source: str = "dataset") -> list[dict[str, An
 def load_preference_rows(source: str) -> list[dict[str, Any]]:
     if not source:
         raise DatasetError("No dataset given: set dataset in the recipe or pass --dataset FILE_OR_HUB_ID.")
-    return validate_rows(_read_rows(source), source)
+    return validate_rows(read_rows(source), source)
 
 
 def split_rows(rows: list[dict[str, Any]], config: TrainConfig) -> tuple[Any, Any | None]:
