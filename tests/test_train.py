@@ -99,8 +99,8 @@ def test_init_adapter_continues_training_from_an_earlier_adapter(tiny_model_dir,
 
 def test_init_adapter_can_train_against_the_base_model_as_reference(tiny_model_dir, data, tmp_path):
     first = train(tiny_config(tiny_model_dir, data, tmp_path / "first", learning_rate=5e-2, eval_split=0.0))
-    fresh = train(tiny_config(tiny_model_dir, data, tmp_path / "fresh", eval_split=0.0, max_steps=1,
-                              precompute_reference=True))
+    train(tiny_config(tiny_model_dir, data, tmp_path / "fresh", eval_split=0.0, max_steps=1,
+                      precompute_reference=True))
     on_base = train(tiny_config(tiny_model_dir, data, tmp_path / "on-base", eval_split=0.0, max_steps=1,
                                 precompute_reference=True, init_adapter=first.adapter_dir, init_reference="base"))
     assert on_base.state == "finished" and not (Path(on_base.adapter_dir) / "ref").exists()
