@@ -11,10 +11,13 @@ How TRL 1.16 spends memory (read from trl/trainer/dpo_trainer.py):
   no_grad after the policy forward, so it costs a transient, not a second copy of the weights; reference
   log-probs are precomputed (before training, one forward over the data) only with precompute_reference;
 - full fine-tuning (lora_r 0) loads a second model as the reference;
-- log-probs come from a fused, chunked LM head (32768 tokens per chunk), so the (tokens × vocab) logits exist
-  only one chunk at a time.
+- log-probs come from a fused LM head that projects one tile (4096 tokens × 32768 vocabulary columns) at a time,
+  so the (tokens × vocab) logits never exist whole;
+- on CUDA the reference forward, the log-prob head's backward and a checkpointed layer's recomputation happen at
+  different moments and the caching allocator reuses one block for them: only the largest counts.
 
-Constants were calibrated on CPU against measured peak RSS (benchmarks/bench_memory.py, docs/TRAINING.md).
+Constants were calibrated on CPU against measured peak RSS (benchmarks/bench_memory.py) and on a GPU against the
+allocator's peak (benchmarks/bench_gpu_memory.py); both in docs/TRAINING.md.
 Try it: ``python -m alignment.memory --config recipes/t4-qlora.yaml --memory-budget 15GB``.
 """
 
@@ -34,18 +37,25 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 # Bytes per parameter of bitsandbytes NF4 with double quantisation (4 bits + ~0.127 bits of constants).
 _NF4_BYTES = 0.5 + 0.127 / 8
-# TRL's _CHUNKED_LOGPROB_CHUNK_SIZE: tokens projected through the LM head at once.
-_LOGPROB_CHUNK = 32768
+# TRL's fused log-prob head projects hidden states through the LM head one tile at a time: up to
+# trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE tokens by trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE vocabulary
+# columns. The (tokens x vocab) logits never exist whole.
+_LOGPROB_TILE_TOKENS = 4096
+_LOGPROB_TILE_VOCAB = 32768
 # Saved activations of one decoder layer, per token, in units of hidden size (H) and intermediate size (I):
 # norms, q/k/v/o inputs and outputs, attention output, residuals (~10 H) and the MLP's gate/up/act/product (4 I).
 _ACT_H, _ACT_I = 10.0, 4.0
 # LoRA with dropout > 0 keeps the dropped-out copy of each adapted input alive for backward
-# (q,k,v,o,gate,up ~ 6 H, down ~ 1 I); with dropout 0 peft passes the input through unchanged.
+# (q,k,v,o,gate,up ~ 6 H, down ~ 1 I); with dropout 0 peft passes the input through unchanged. Charged on CPU only:
+# on CUDA (fp16/bf16 autocast) two model shapes without checkpointing kept 0.97-1.00 x the activations of the
+# terms above alone (bench_gpu_memory.py).
 _LORA_ACT_H, _LORA_ACT_I = 6.0, 1.0
-# The chunked log-prob kernel materialises (tokens x vocab) float32 tensors for a chunk: logits, log-softmax,
-# softmax and entropy terms in the forward, and the recomputed logits and their gradient in the backward.
-# Measured on CPU (bench_memory.py), the transient peak is ~8 such copies.
-_LOGITS_COPIES = 8.0
+# On CPU the tiles are folded by torch ops that make float32 temporaries of the tile (logits, exp, products, the
+# gradient); measured against peak RSS (bench_memory.py, vocabulary 49,152) the transient is ~12 float32 tiles.
+_CPU_TILE_COPIES = 12.0
+# On CUDA a Triton kernel folds the tile in place: one tile in the compute dtype (forward or backward, never both;
+# bench_gpu_memory.py), plus float32 copies of the hidden states for the head's gradient.
+_CUDA_TILE_COPIES = 1.0
 # Allocator slack on top of the tensors we count.
 _FRAGMENTATION = 0.10
 _CUDA_CONTEXT = 600 * 2**20
@@ -129,18 +139,29 @@ class MemoryPlan:
     device: str
     fits: bool
     suggestion: str | None = None
+    shared: tuple[str, ...] = ()  # parts that happen at different moments and reuse one block: the largest counts
+
+    def shared_note(self) -> str | None:
+        if not self.shared:
+            return None
+        names = ", ".join(name.replace("_", " ") for name in self.shared)
+        return (f"On {self.device}, {names} happen at different moments of a step and reuse the same memory, so the "
+                f"total counts only the largest of them.")
 
     def describe(self) -> str:
         lines = [f"Estimated peak memory {format_size(self.total_bytes)} of {format_size(self.budget_bytes)} "
                  f"on {self.device}: {'fits' if self.fits else 'does NOT fit'}."]
-        lines += [f"  {name:<20} {format_size(size)}" for name, size in self.parts.items()]
+        lines += [f"  {name:<20} {format_size(size)}" + (" (shared)" if name in self.shared else "")
+                  for name, size in self.parts.items()]
+        if self.shared:
+            lines.append(self.shared_note())
         if self.suggestion:
             lines.append(self.suggestion)
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
         return {"total_bytes": self.total_bytes, "parts": dict(self.parts), "budget_bytes": self.budget_bytes,
-                "device": self.device, "fits": self.fits, "suggestion": self.suggestion}
+                "device": self.device, "fits": self.fits, "suggestion": self.suggestion, "shared": list(self.shared)}
 
 
 def _dtype_bytes(config: TrainConfig, device: str) -> int:
@@ -172,7 +193,8 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         weights = shape.total_params * weight_bytes
 
     trainable = _lora_params(shape, config) if lora else shape.total_params
-    # peft keeps adapters in float32 (TRL casts them to bf16 on 4-bit models; we keep the safer upper bound).
+    # peft keeps adapters in float32 (TRL casts a 4-bit model's to bf16, and alignment.train casts them back for fp16
+    # training; float32 is the upper bound).
     trainable_bytes = 4 if lora else weight_bytes
     lora_params = trainable * trainable_bytes if lora else 0
     grads = trainable * trainable_bytes
@@ -188,32 +210,58 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         seq = min(seq, tokens_per_seq)
     sequences = 2 * config.per_device_train_batch_size  # chosen + rejected in one concatenated forward
     tokens = sequences * seq
-    act_bytes = weight_bytes if config.precision != "auto" or device.startswith("cuda") else 4
+    cuda = device.startswith("cuda")
+    act_bytes = weight_bytes if config.precision != "auto" or cuda else 4
     per_token_layer = (_ACT_H * h + _ACT_I * i) * act_bytes
-    if lora and config.lora_dropout > 0:
+    if lora and config.lora_dropout > 0 and not cuda:
         per_token_layer += (_LORA_ACT_H * h + _LORA_ACT_I * i) * act_bytes
     if config.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed (with its full activations) at a time.
-        activations = tokens * (saved_layers * h * act_bytes + per_token_layer)
+        activations = tokens * saved_layers * h * act_bytes
+        recompute = tokens * per_token_layer
     else:
         activations = tokens * saved_layers * per_token_layer
+        recompute = 0
     activations += tokens * h * act_bytes * 2  # embeddings output and final norm
-    logits = min(tokens, _LOGPROB_CHUNK) * vocab * 4 * _LOGITS_COPIES
-    # The reference forward runs after the policy forward, under no_grad: a transient of one layer; its logits
-    # transient happens before the backward's, so the 'logits' part covers both.
-    reference = reference_weights + (0 if config.precompute_reference else tokens * per_token_layer)
+    tile = min(tokens, _LOGPROB_TILE_TOKENS) * min(vocab, _LOGPROB_TILE_VOCAB)
+    if cuda:
+        logits = tile * act_bytes * _CUDA_TILE_COPIES + tokens * h * 4 * 2
+    else:
+        logits = tile * 4 * _CPU_TILE_COPIES
+    # The reference forward runs after the policy forward, under no_grad: a transient of one layer.
+    reference = 0 if config.precompute_reference else tokens * per_token_layer
     parts = {
         "weights": int(weights),
         "lora_params": int(lora_params),
         "grads": int(grads),
         "optimizer": int(optimizer),
         "activations": int(activations),
+        "layer_recompute": int(recompute),
         "logits": int(logits),
         "reference_forward": int(reference),
+        "reference_weights": int(reference_weights),
     }
-    subtotal = sum(parts.values())
-    parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if device.startswith("cuda") else 0))
+    parts = {name: size for name, size in parts.items()
+             if size or name not in ("layer_recompute", "reference_weights")}
+    subtotal = _sum_parts(parts, device)
+    parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if cuda else 0))
     return parts
+
+
+def _shared_parts(parts: dict[str, int], device: str) -> tuple[str, ...]:
+    """The transients that never coexist and, on CUDA, reuse one block of the caching allocator: the reference
+    forward (between the policy forward and the backward), the log-prob head's backward (first in the backward)
+    and the recomputation of one checkpointed layer (later in the backward). On CPU the planner stays the sum it
+    was calibrated as against peak RSS."""
+    if not device.startswith("cuda"):
+        return ()
+    return tuple(name for name in ("logits", "reference_forward", "layer_recompute") if name in parts)
+
+
+def _sum_parts(parts: dict[str, int], device: str) -> int:
+    shared = _shared_parts(parts, device)
+    return sum(size for name, size in parts.items() if name not in shared) + max(
+        (parts[name] for name in shared), default=0)
 
 
 def default_budget(device: str) -> int:
@@ -236,11 +284,11 @@ def estimate(model_or_config: Any, config: TrainConfig, budget_bytes: int | None
     device = device or config.resolved_device()
     budget = int(budget_bytes) if budget_bytes else default_budget(device)
     parts = _parts(shape, config, device, tokens_per_seq)
-    total = sum(parts.values())
+    total = _sum_parts(parts, device)
     fits = total <= budget
     suggestion = None if fits else suggest(shape, config, budget, device, tokens_per_seq)
     return MemoryPlan(total_bytes=int(total), parts=parts, budget_bytes=budget, device=device, fits=fits,
-                      suggestion=suggestion)
+                      suggestion=suggestion, shared=_shared_parts(parts, device))
 
 
 def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
@@ -259,7 +307,7 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
         candidate = replace(config, max_length=length, per_device_train_batch_size=batch,
                             gradient_accumulation_steps=max(1, math.ceil(effective / batch)),
                             gradient_checkpointing=ckpt, load_in_4bit=q4, merge_after=False)
-        total = sum(_parts(shape, candidate, device, tokens_per_seq).values())
+        total = _sum_parts(_parts(shape, candidate, device, tokens_per_seq), device)
         if total <= budget:
             changes = (length != current_len) + (batch != config.per_device_train_batch_size) + \
                       (ckpt != config.gradient_checkpointing) + (q4 != config.load_in_4bit)
@@ -269,7 +317,7 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
         smallest = replace(config, max_length=128, per_device_train_batch_size=1, gradient_checkpointing=True,
                            load_in_4bit=config.load_in_4bit or (config.lora_r > 0 and device.startswith("cuda")),
                            merge_after=False)
-        need = sum(_parts(shape, smallest, device, tokens_per_seq).values())
+        need = _sum_parts(_parts(shape, smallest, device, tokens_per_seq), device)
         return (f"Even with max_length 128, batch size 1, gradient checkpointing and 4-bit this needs "
                 f"{format_size(need)} of {format_size(budget)}: use a smaller model"
                 + (" or LoRA (lora_r > 0)" if config.lora_r == 0 else "") + ".")

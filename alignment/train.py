@@ -375,6 +375,23 @@ def _continue_adapter(model: Any, path: Path) -> Any:
                             f"{first}") from exc
 
 
+def upcast_trainable_for_fp16(model: Any) -> int:
+    """Put trainable bfloat16 parameters back in float32; returns how many were changed.
+
+    TRL 1.16 casts a quantized (QLoRA) model's adapter weights to bfloat16, but fp16 mixed precision (the T4's)
+    unscales gradients with a GradScaler that has no bfloat16 kernel: the first optimizer step fails. float32
+    adapters are peft's default and what the memory planner counts.
+    """
+    import torch
+
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.to(torch.float32)
+            changed += 1
+    return changed
+
+
 def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: StopCheck | None = None,
           resume: bool = True, memory_budget: int | str | None = None, force: bool = False,
           on_status: Callable[[str], None] | None = None) -> TrainResult:
@@ -457,6 +474,8 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         )
     except ValueError as exc:
         raise TrainingError(f"TRL refused this configuration: {exc}") from exc
+    if config.resolved_precision(device) == "fp16":
+        upcast_trainable_for_fp16(trainer.model)
     # Our callback reports progress; the Trainer's own printer would dump raw dicts to stdout.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

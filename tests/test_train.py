@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.train import DatasetError, TrainingError, main, train, validate_rows
+from alignment.train import DatasetError, TrainingError, main, train, upcast_trainable_for_fp16, validate_rows
 from alignment.train_config import TrainConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,6 +116,26 @@ def test_init_adapter_can_train_against_the_base_model_as_reference(tiny_model_d
 def test_init_adapter_that_is_not_an_adapter_is_a_clear_error(tiny_model_dir, data, tmp_path):
     with pytest.raises(TrainingError, match="not a LoRA adapter folder"):
         train(tiny_config(tiny_model_dir, data, tmp_path / "run", init_adapter=str(tmp_path)))
+
+
+def test_fp16_runs_get_float32_adapters_back_from_trls_bfloat16_cast(tiny_model_dir):
+    # TRL casts QLoRA adapters to bf16; fp16's GradScaler cannot unscale bf16 gradients (seen on a GPU).
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    frozen_before = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)  # what TRL does to a quantized model's adapters
+
+    assert upcast_trainable_for_fp16(model) == len(trainable) > 0
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad} == frozen_before
+    assert upcast_trainable_for_fp16(model) == 0  # already float32: nothing to do
 
 
 def test_cancel_stops_early_and_resume_finishes(tiny_model_dir, data, tmp_path):

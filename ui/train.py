@@ -176,7 +176,10 @@ def plan_markdown(plan: MemoryPlan, config: TrainConfig) -> str:
     lines = [f"**Memory plan** for `{config.model}` on {plan.device}: about **{format_size(plan.total_bytes)}** of "
              f"{format_size(plan.budget_bytes)}, {verdict}. Effective batch {config.effective_batch_size}, "
              f"max length {config.max_length}.", "", "| part | estimate |", "|---|---|"]
-    lines += [f"| {name.replace('_', ' ')} | {format_size(size)} |" for name, size in plan.parts.items()]
+    lines += [f"| {name.replace('_', ' ')}{' (shared)' if name in plan.shared else ''} | {format_size(size)} |"
+              for name, size in plan.parts.items()]
+    if plan.shared:
+        lines += ["", plan.shared_note()]
     if plan.suggestion:
         lines += ["", plan.suggestion, "", "Tick *Start even if it does not fit* to try anyway."]
     return "\n".join(lines)
