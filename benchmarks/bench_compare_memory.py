@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from child_process import run_child  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 TARGET = 0.6
 
 # Random-weight model shapes (SmolLM2 family): planning and memory need only the shape, not trained weights.
@@ -94,16 +92,6 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux report
 differ = sum(a != b for a, b in zip(*answers.values()))
 print("RESULT " + json.dumps({"baseline": baseline, "peak": peak, "answers_differ": differ}))
 """
-
-
-def run_child(code: str, *argv: str) -> dict | None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"error: the child process failed with exit code {proc.returncode} (output above).")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(lines[-1][len("RESULT "):]) if lines else None
 
 
 def main() -> int:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from child_process import run_child  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project's packages are importable
@@ -145,8 +145,6 @@ def main() -> int:
 
         tokenizer = resolve_source("bundled")[0]
     budget = parse_size(args.budget)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     print(f"GPU: {torch.cuda.get_device_name(0)}; budget {format_size(budget)}; recipe {args.recipe}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,13 +155,10 @@ def main() -> int:
             child = {"shape": SHAPES[shape], "folder": f"{tmp}/{shape}", "tokenizer": tokenizer, "budget": budget,
                      "recipe": args.recipe, "data": str(data), "output": f"{tmp}/{name}-run", "steps": args.steps,
                      "overrides": overrides, "cap": cap}
-            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], env=env, cwd=ROOT,
-                                  capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name}: child failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+            result = run_child(CHILD, json.dumps(child))
+            if result is None:
+                print(f"error: {name}: the child printed no result", file=sys.stderr)
                 return 1
-            result = json.loads(line[7:])
             results[name] = result
             print(f"{name}: {result['params'] / 1e9:.2f}B parameters, {' '.join(overrides) or 'the recipe'}, "
                   f"{'capped at the budget' if cap else 'no cap'}: run {result['state']}"

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from child_process import run_child  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project's packages are importable
@@ -68,7 +68,6 @@ def main() -> int:
     from alignment.train_config import TrainConfig
 
     model_config = AutoConfig.from_pretrained(resolve_source("bundled")[0])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
@@ -79,13 +78,10 @@ def main() -> int:
                           device="cpu", max_steps=args.steps, gradient_accumulation_steps=1, eval_split=0.0,
                           save_steps=1000, lora_r=16, lora_alpha=32, lora_dropout=0.0, **fields)
             plan = estimate(model_config, TrainConfig(**config), budget_bytes=10**12, device="cpu")
-            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"config": config})], env=env, cwd=ROOT,
-                                  capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{spec['name']}: child failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            measured = run_child(CHILD, json.dumps({"config": config}))
+            if measured is None:
+                print(f"error: {spec['name']}: the child printed no result", file=sys.stderr)
                 return 1
-            measured = json.loads(line[7:])
             delta = measured["peak"] - measured["baseline"]
             rows.append((spec["name"], plan, delta))
             print(f"{spec['name']:<22} estimate {format_size(plan.total_bytes):>10}  measured {format_size(delta):>10}"
