@@ -1,0 +1,189 @@
+"""Can a model tell harmful from benign prompts? A linear probe on each layer's hidden state.
+
+The model reads each chat up to the start of its answer; the hidden state of a layer at that last position is the
+feature (where the first answer token, and so refuse-or-answer, is decided). A logistic regression per layer
+(standardised features, L2 penalty, fitted by LBFGS) learns harmful vs benign on one prompt set and is scored on
+another: AUC, and how many harmful and benign prompts (plain and risky-looking apart) it flags. When a layer's probe
+separates held-out prompts far better than the aligned model's behaviour does, the limit is the training, not what
+the model represents (docs/OUTCOME.md).
+
+Run: ``python -m alignment.probe --train runs/refusal-bundled-cpu/data/pairs.jsonl --eval
+alignment/data/outcome_eval.jsonl [--model bundled] [--adapter DIR] [--every 3] [--json OUT]``. Both files are
+prompt sets (``prompt`` and ``label`` per line; training pairs files qualify). About 2 minutes for 1,100 prompts on
+2 cores with the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Probe:
+    """A fitted logistic regression on standardised features: ``scores(X) > 0`` means harmful."""
+
+    mean: Any
+    std: Any
+    weight: Any
+    bias: Any
+
+    def scores(self, features: Any) -> Any:
+        return ((features - self.mean) / self.std) @ self.weight + self.bias
+
+
+@dataclass
+class LayerResult:
+    layer: int  # 0 = embeddings, N = the output of decoder layer N
+    train_accuracy: float
+    auc: float
+    harmful_flagged: int
+    harmful: int
+    plain_flagged: int
+    plain: int
+    risky_flagged: int
+    risky: int
+
+    def line(self) -> str:
+        return (f"layer {self.layer:>2}: train accuracy {self.train_accuracy:.3f}, held-out AUC {self.auc:.3f}; "
+                f"flags {self.harmful_flagged}/{self.harmful} harmful, {self.plain_flagged}/{self.plain} plain "
+                f"benign, {self.risky_flagged}/{self.risky} risky-looking benign")
+
+
+def fit_probe(features: Any, labels: Any, l2: float = 1e-2, max_iter: int = 200) -> Probe:
+    """Logistic regression of ``labels`` (1 = harmful) on ``features`` (n × d)."""
+    import torch
+
+    features, labels = features.float(), labels.float()
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    scaled = (features - mean) / std
+    weight = torch.zeros(scaled.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter)
+
+    def closure() -> Any:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(scaled @ weight + bias, labels)
+        loss = loss + l2 * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return Probe(mean, std, weight.detach(), bias.detach())
+
+
+def auc(scores: Any, labels: Any) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if len(positive) == 0 or len(negative) == 0:
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).float().mean()
+    ties = (positive[:, None] == negative[None, :]).float().mean()
+    return float(above + 0.5 * ties)
+
+
+def prompt_features(loaded: Any, chats: Sequence[list[dict[str, str]]], batch_size: int = 16,
+                    on_progress: Callable[[int, int], None] | None = None) -> Any:
+    """Hidden states at the last position of each chat with the answer prompt added: (n, layers + 1, hidden)."""
+    import torch
+
+    from alignment.generation import format_chat
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    out = []
+    with loaded.lock, torch.no_grad():
+        for start in range(0, len(chats), batch_size):
+            texts = [format_chat(tokenizer, chat) for chat in chats[start:start + batch_size]]
+            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+            hidden = model(**encoded, output_hidden_states=True).hidden_states
+            # Left padding (prepare_tokenizer): the last position is every chat's last token.
+            out.append(torch.stack([layer[:, -1, :].float().cpu() for layer in hidden], dim=1))
+            if on_progress:
+                on_progress(min(start + batch_size, len(chats)), len(chats))
+    return torch.cat(out)
+
+
+def probe_layers(train_features: Any, train_labels: Any, eval_features: Any, eval_cases: Sequence[dict[str, Any]],
+                 layers: Sequence[int]) -> list[LayerResult]:
+    """Fit a probe per layer on the training features and score it on the evaluation cases."""
+    import torch
+
+    eval_labels = torch.tensor([case["label"] == "harmful" for case in eval_cases], dtype=torch.float32)
+    risky = [bool(case.get("risky")) for case in eval_cases]
+    results = []
+    for layer in layers:
+        probe = fit_probe(train_features[:, layer], train_labels)
+        train_accuracy = float(((probe.scores(train_features[:, layer]) > 0).float() == train_labels).float().mean())
+        scores = probe.scores(eval_features[:, layer])
+        flagged = (scores > 0).tolist()
+        harmful = [f for f, case in zip(flagged, eval_cases, strict=True) if case["label"] == "harmful"]
+        plain = [f for f, case, r in zip(flagged, eval_cases, risky, strict=True) if case["label"] == "benign" and not r]
+        risky_benign = [f for f, case, r in zip(flagged, eval_cases, risky, strict=True) if case["label"] == "benign" and r]
+        results.append(LayerResult(layer, train_accuracy, auc(scores, eval_labels), sum(harmful), len(harmful),
+                                   sum(plain), len(plain), sum(risky_benign), len(risky_benign)))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.models import LoadSettings, ModelLoadError
+    from alignment.redteam import SuiteError, load_prompts
+    from alignment.registry import ModelRegistry
+    from alignment.settings import SettingsError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True, help="Prompt set to fit the probes on (JSONL: prompt, label).")
+    parser.add_argument("--eval", required=True, help="Prompt set to score them on, e.g. the independent prompts.")
+    parser.add_argument("--model", default="bundled", help="Base model: 'bundled', a folder or a Hub id.")
+    parser.add_argument("--adapter", default=None, help="Probe the aligned model: a LoRA adapter folder.")
+    parser.add_argument("--every", type=int, default=3, help="Probe every N-th layer (and the last).")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="Also write the per-layer results to this JSON file.")
+    args = parser.parse_args(argv)
+    if args.every < 1:
+        print("error: --every must be at least 1.", file=sys.stderr)
+        return 2
+    try:
+        train_cases, eval_cases = load_prompts(args.train), load_prompts(args.eval)
+        labels = {case["label"] for case in train_cases}
+        if labels != {"harmful", "benign"}:
+            raise SuiteError(f"{args.train} has only {sorted(labels)} prompts; the probe needs harmful and benign.")
+        registry = ModelRegistry(LoadSettings(model=args.model, device=args.device, load_in_4bit=False))
+        loaded = registry.loaded
+        if args.adapter:
+            registry.load_adapter(args.adapter)
+    except (SuiteError, ModelLoadError, SettingsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(name: str) -> Callable[[int, int], None]:
+        return lambda done, total: print(f"\r{name}: {done}/{total} prompts", end="" if done < total else "\n",
+                                         file=sys.stderr, flush=True)
+
+    train_features = prompt_features(loaded, [as_chat(c["prompt"]) for c in train_cases],
+                                     on_progress=progress("train"))
+    eval_features = prompt_features(loaded, [as_chat(c["prompt"]) for c in eval_cases], on_progress=progress("eval"))
+    train_labels = torch.tensor([c["label"] == "harmful" for c in train_cases], dtype=torch.float32)
+    last = train_features.shape[1] - 1
+    layers = sorted(set(range(0, last + 1, args.every)) | {last})
+    results = probe_layers(train_features, train_labels, eval_features, eval_cases, layers)
+    print(f"{loaded.name}{' + ' + args.adapter if args.adapter else ''}: probes fitted on {len(train_cases)} "
+          f"prompts of {args.train}, scored on {len(eval_cases)} of {args.eval}")
+    for result in results:
+        print(result.line())
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
