@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from transformers import LlamaConfig
@@ -165,6 +166,6 @@ def test_t4_recipe_fits_a_qwen_shaped_1_5b_model_in_15gb():
 
     qwen = Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
-    recipe = load_train_config("recipes/t4-qlora.yaml", [])
+    recipe = load_train_config(str(Path(__file__).resolve().parents[1] / "recipes" / "t4-qlora.yaml"), [])
     result = estimate(qwen, recipe, budget_bytes=parse_size("15GB"), device="cuda")
     assert result.fits and result.total_bytes < 6 * GIB
