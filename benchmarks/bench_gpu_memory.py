@@ -26,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from child_process import run_child  # benchmarks/ is on sys.path when a benchmark runs as a script
+from bench_memory import write_long_pairs  # benchmarks/ is on sys.path when a benchmark runs as a script
+from child_process import run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project's packages are importable
@@ -109,18 +110,6 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def write_long_pairs(path: Path, n: int, repeats: int = 80) -> None:
-    """``n`` pairs whose answers alone exceed 1024 tokens, so every sequence is cut at max_length."""
-    sentence = "This sentence is here to make the answer long enough to fill the whole sequence budget. "
-    with path.open("w", encoding="utf-8") as handle:
-        for i in range(n):
-            handle.write(json.dumps({
-                "prompt": [{"role": "user", "content": f"Tell me about topic number {i}."}],
-                "chosen": [{"role": "assistant", "content": f"Topic {i}: " + sentence * repeats}],
-                "rejected": [{"role": "assistant", "content": f"No. Topic {i}? " + sentence * (repeats - 2)}],
-            }) + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="15GB", help="Device memory to plan for and cap at (a T4: 15GB).")
@@ -150,7 +139,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.jsonl"
         # One optimizer step takes batch x accumulation pairs (16 in the recipe): enough for every step.
-        write_long_pairs(data, n=16 * args.steps)
+        # 80 sentences: answers alone exceed 1024 tokens, so every sequence is cut at max_length.
+        write_long_pairs(data, n=16 * args.steps, repeats=80)
         for name, shape, overrides, cap in RUNS:
             child = {"shape": SHAPES[shape], "folder": f"{tmp}/{shape}", "tokenizer": tokenizer, "budget": budget,
                      "recipe": args.recipe, "data": str(data), "output": f"{tmp}/{name}-run", "steps": args.steps,

@@ -45,14 +45,15 @@ print("RESULT " + json.dumps({"baseline": base, "peak": peak}))
 """
 
 
-def write_long_pairs(path: Path, n: int = 12) -> None:
+def write_long_pairs(path: Path, n: int = 12, repeats: int = 40) -> None:
+    """``n`` pairs whose answers repeat a sentence ``repeats`` times (about 17 tokens each), to fill max_length."""
     sentence = "This sentence is here to make the answer long enough to fill the whole sequence budget. "
     with path.open("w", encoding="utf-8") as handle:
         for i in range(n):
             handle.write(json.dumps({
                 "prompt": [{"role": "user", "content": f"Tell me about topic number {i}."}],
-                "chosen": [{"role": "assistant", "content": f"Topic {i}: " + sentence * 40}],
-                "rejected": [{"role": "assistant", "content": f"No. Topic {i}? " + sentence * 38}],
+                "chosen": [{"role": "assistant", "content": f"Topic {i}: " + sentence * repeats}],
+                "rejected": [{"role": "assistant", "content": f"No. Topic {i}? " + sentence * (repeats - 2)}],
             }) + "\n")
 
 
