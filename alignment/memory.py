@@ -1,9 +1,10 @@
 """Memory planner for a DPO run: will it fit, and if not, what to change.
 
 ``estimate(model_or_config, train_config, budget_bytes)`` adds up weights, LoRA parameters, gradients, AdamW
-state, saved activations (with and without gradient checkpointing), the log-prob projection and the reference
-forward, and returns a :class:`MemoryPlan`. When the total exceeds the budget, the plan carries a concrete
-suggestion found by searching smaller max_length / batch size, gradient checkpointing and 4-bit weights.
+state, saved activations (with and without gradient checkpointing), the log-prob projection, the reference
+forward and the retain loss's batch, and returns a :class:`MemoryPlan`. When the total exceeds the budget, the
+plan carries a concrete suggestion found by searching smaller max_length / batch size, gradient checkpointing
+and 4-bit weights.
 
 How TRL 1.16 spends memory (read from trl/trainer/dpo_trainer.py):
 - chosen and rejected are concatenated into one batch of 2 × batch size sequences for a single forward;
@@ -230,6 +231,10 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         logits = tile * 4 * _CPU_TILE_COPIES
     # The reference forward runs after the policy forward, under no_grad: a transient of one layer.
     reference = 0 if config.precompute_reference else tokens * per_token_layer
+    # The retain loss (alignment.retain) runs a batch of prompts through the adapted layers in the same step, with
+    # gradients: its activations live alongside the pairs'. Prompt lengths are unknown here; max_length bounds them.
+    retain = (config.retain_batch_size * seq * (saved_layers * per_token_layer + 2 * h * act_bytes)
+              if lora and config.retain_weight > 0 else 0)
     parts = {
         "weights": int(weights),
         "lora_params": int(lora_params),
@@ -240,9 +245,10 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         "logits": int(logits),
         "reference_forward": int(reference),
         "reference_weights": int(reference_weights),
+        "retain_activations": int(retain),
     }
     parts = {name: size for name, size in parts.items()
-             if size or name not in ("layer_recompute", "reference_weights")}
+             if size or name not in ("layer_recompute", "reference_weights", "retain_activations")}
     subtotal = _sum_parts(parts, device)
     parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if cuda else 0))
     return parts

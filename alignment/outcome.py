@@ -157,6 +157,9 @@ def build_train_config(train: dict[str, Any], config: OutcomeConfig, dataset: Pa
 
     values = {"run_name": output_dir.name, **train, "model": config.model, "dataset": str(dataset),
               "output_dir": str(output_dir)}
+    if float(values.get("retain_weight") or 0) > 0 and not values.get("retain_prompts"):
+        # The retain set is the benign side of the run's own pairs: prompts it must keep answering as the base does.
+        values.update(retain_prompts=str(dataset), retain_label=values.get("retain_label") or "benign")
     return from_dict(TrainConfig, values, source="recipe train section")
 
 

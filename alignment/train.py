@@ -460,9 +460,21 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     transformers.logging.set_verbosity_error()
     completion_logprobs.enable()  # CPU: the LM head scores completion tokens only, as TRL does on CUDA
     callback = _make_callback(config, on_log, should_stop, metrics_path, started)
+    trainer_class, retain_kwargs = DPOTrainer, {}
+    if config.retain_weight > 0:
+        from alignment import retain
+
+        try:
+            prompts = retain.read_retain_prompts(config.retain_prompts, config.retain_label or None)
+        except retain.RetainDataError as exc:
+            raise DatasetError(str(exc)) from exc
+        encoded = retain.encode_prompts(tokenizer, prompts, config.max_length)
+        trainer_class = retain.retain_trainer_class(DPOTrainer)
+        retain_kwargs = {"retain_batches": retain.RetainBatches(encoded, config.retain_batch_size, config.seed),
+                         "retain_weight": config.retain_weight}
     status("preparing data" + (" and reference log-probs" if config.precompute_reference else ""))
     try:
-        trainer = DPOTrainer(
+        trainer = trainer_class(
             model=model,
             ref_model=reference,
             args=config.to_dpo_config(device),
@@ -471,6 +483,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=[callback],
+            **retain_kwargs,
         )
     except ValueError as exc:
         raise TrainingError(f"TRL refused this configuration: {exc}") from exc

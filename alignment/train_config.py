@@ -133,6 +133,25 @@ class TrainConfig:
         metadata={"help": "Compute the reference model's log-probs once, before training, instead of in every step: "
                   "saves a forward pass per pair in every epoch after the first."},
     )
+    retain_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the retain loss (0 = off): keeps the adapted layers' hidden states on the "
+                  "retain prompts where the base model has them, so the adapter acts where harmful prompts differ "
+                  "(circuit-breaker style; docs/OUTCOME.md). Costs two extra forward passes of a small batch per "
+                  "step. Needs LoRA and retain_prompts."},
+    )
+    retain_prompts: str = field(
+        default="",
+        metadata={"help": ".jsonl of benign prompts for the retain loss (rows with 'prompt'; preference pairs "
+                  "work)."},
+    )
+    retain_label: str = field(
+        default="",
+        metadata={"help": "Use only retain_prompts rows whose 'label' field equals this (e.g. benign); empty: all."},
+    )
+    retain_batch_size: int = field(
+        default=2, metadata={"help": "Retain prompts read per forward pass (per gradient-accumulation step)."}
+    )
     load_in_4bit: bool = field(
         default=False, metadata={"help": "Load the base in 4-bit NF4 (QLoRA). Needs a CUDA GPU and bitsandbytes."}
     )
@@ -221,6 +240,14 @@ class TrainConfig:
         if self.init_adapter and self.lora_r == 0:
             raise SettingsError("init_adapter continues a LoRA adapter; with lora_r 0 (full fine-tuning) leave "
                                 "init_adapter empty.")
+        validate_range("retain_weight", self.retain_weight, 0, None)
+        validate_range("retain_batch_size", self.retain_batch_size, 1)
+        if self.retain_weight > 0 and self.lora_r == 0:
+            raise SettingsError("retain_weight compares the model with and without its adapter, so it needs LoRA: "
+                                "set lora_r > 0 or retain_weight: 0.")
+        if self.retain_weight > 0 and not str(self.retain_prompts).strip():
+            raise SettingsError("retain_weight > 0 needs retain_prompts: a .jsonl of benign prompts (rows with a "
+                                "'prompt' field; preference pairs with a 'label' work with retain_label: benign).")
         if self.load_in_4bit and self.lora_r == 0:
             raise SettingsError("load_in_4bit needs LoRA (4-bit weights cannot be trained): set lora_r > 0.")
         if self.load_in_4bit and self.device == "cpu":

@@ -169,3 +169,13 @@ def test_t4_recipe_fits_a_qwen_shaped_1_5b_model_in_15gb():
     recipe = load_train_config(str(Path(__file__).resolve().parents[1] / "recipes" / "t4-qlora.yaml"), [])
     result = estimate(qwen, recipe, budget_bytes=parse_size("15GB"), device="cuda")
     assert result.fits and result.total_bytes < 6 * GIB
+
+
+def test_retain_loss_adds_its_batch_of_activations(config_1b):
+    without = plan(config_1b, base())
+    retained = plan(config_1b, base(retain_weight=1.0, retain_prompts="retain.jsonl", retain_batch_size=2))
+    assert "retain_activations" not in without.parts
+    # Two retain prompts of at most max_length tokens: about half the activations of 2 pairs (4 sequences).
+    ratio = retained.parts["retain_activations"] / without.parts["activations"]
+    assert 0.45 < ratio <= 0.5
+    assert retained.total_bytes > without.total_bytes

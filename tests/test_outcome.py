@@ -46,6 +46,15 @@ def test_recipe_loads_and_overrides_reach_the_right_section(tmp_path):
         load_outcome_config(bad)
 
 
+def test_retain_loss_reads_the_benign_side_of_the_runs_own_pairs(tmp_path):
+    config, train = load_outcome_config("recipes/refusal-bundled-cpu.yaml", ["train.retain_weight=5"])
+    trained = build_train_config(train, config, tmp_path / "pairs.jsonl", tmp_path / "run")
+    assert trained.retain_weight == 5 and trained.retain_prompts == str(tmp_path / "pairs.jsonl")
+    assert trained.retain_label == "benign"
+    config, train = load_outcome_config("recipes/refusal-bundled-cpu.yaml")
+    assert build_train_config(train, config, tmp_path / "pairs.jsonl", tmp_path / "run").retain_prompts == ""
+
+
 def test_training_prompts_never_use_heldout_or_evaluation_prompts():
     config = OutcomeConfig(harmful_per_template=40, harmful_labeling=1000, benign_labeling=1000,
                            risky_labeling=1000, benign_redteam=1000)
