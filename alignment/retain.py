@@ -6,10 +6,12 @@ loss of circuit-breaker training (Zou et al., 2024) is one way to make the adapt
 differ: at every step it also reads a batch of benign *retain* prompts twice, with the adapter and without it
 (the base model), and adds the per-token drift of the adapted layers' hidden states,
 ``|h_adapted - h_base|² / |h_base|²`` averaged over prompt tokens and layers, weighted by ``retain_weight``.
-Per-token relative drift keeps the few huge-norm positions (the first token) from dominating the average.
+Per-token relative drift keeps the few huge-norm positions (the first token) from dominating the average;
+``retain_last_tokens`` narrows it to the last prompt tokens, where the answer's first token is read from.
 
 Used by alignment.train when TrainConfig.retain_weight > 0; measure an adapter's drift on a prompt file:
     python -m alignment.retain --adapter runs/refusal-bundled-cpu/adapter --prompts PAIRS.jsonl [--label benign]
+        [--last-tokens 4]
 """
 
 from __future__ import annotations
@@ -138,8 +140,19 @@ def adapted_layer_range(model: Any) -> tuple[int, int]:
     return lowest + 1, num_layers
 
 
-def retain_drift(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The drift of the adapted layers' hidden states from the base model's (gradients flow to the adapter)."""
+def last_tokens_mask(attention_mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The right-padded mask narrowed to each row's last ``count`` real tokens (0 keeps every real token)."""
+    if count <= 0:
+        return attention_mask
+    lengths = attention_mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return (attention_mask.bool() & (positions >= lengths - count)).to(attention_mask.dtype)
+
+
+def retain_drift(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 last_tokens: int = 0) -> torch.Tensor:
+    """The drift of the adapted layers' hidden states from the base model's (gradients flow to the adapter), over
+    every prompt token or only the last ``last_tokens`` (where the answer's first token is read from)."""
     decoder = _decoder(model)
     first, last = adapted_layer_range(model)
     if first > last:
@@ -149,17 +162,19 @@ def retain_drift(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     adapted = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
     layers = range(first, last + 1)
     return relative_drift([adapted.hidden_states[i] for i in layers], [base.hidden_states[i] for i in layers],
-                          attention_mask)
+                          last_tokens_mask(attention_mask, last_tokens))
 
 
 def retain_trainer_class(trainer_class: type) -> type:
     """``trainer_class`` (trl.DPOTrainer) with the retain loss added to every training step's loss."""
 
     class RetainDPOTrainer(trainer_class):
-        def __init__(self, *args: Any, retain_batches: RetainBatches, retain_weight: float, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, retain_batches: RetainBatches, retain_weight: float, retain_last_tokens: int = 0,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.retain_batches = retain_batches
             self.retain_weight = retain_weight
+            self.retain_last_tokens = retain_last_tokens
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -170,7 +185,7 @@ def retain_trainer_class(trainer_class: type) -> type:
             pad_id = self.processing_class.pad_token_id
             input_ids, mask = pad_batch(next(self.retain_batches), 0 if pad_id is None else pad_id)
             device = next(unwrapped.parameters()).device
-            drift = retain_drift(unwrapped, input_ids.to(device), mask.to(device))
+            drift = retain_drift(unwrapped, input_ids.to(device), mask.to(device), self.retain_last_tokens)
             self._metrics["train"]["retain_drift"].append(drift.detach().float().item())
             extra = self.retain_weight * drift
             if return_outputs:
@@ -182,7 +197,7 @@ def retain_trainer_class(trainer_class: type) -> type:
 
 
 def measure(adapter: str, prompts_path: str, label: str | None, model_name: str = "bundled",
-            batch_size: int = 8) -> dict[str, float]:
+            batch_size: int = 8, last_tokens: int = 0) -> dict[str, float]:
     """Mean drift of ``adapter`` from the base on the prompts of ``prompts_path`` (no gradients)."""
     from alignment.evaluate import attach_adapter
     from alignment.models import LoadSettings, load_model
@@ -198,7 +213,7 @@ def measure(adapter: str, prompts_path: str, label: str | None, model_name: str 
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
             input_ids, mask = pad_batch(batch, pad_id)
-            total += retain_drift(model, input_ids, mask).item() * len(batch)
+            total += retain_drift(model, input_ids, mask, last_tokens).item() * len(batch)
             count += len(batch)
     return {"prompts": count, "mean_drift": total / count}
 
@@ -209,11 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", required=True, help=".jsonl with a 'prompt' per row (pairs work).")
     parser.add_argument("--label", default=None, help="Only rows whose 'label' field equals this (e.g. benign).")
     parser.add_argument("--model", default="bundled", help="Base model the adapter was trained on.")
+    parser.add_argument("--last-tokens", type=int, default=0,
+                        help="Measure only each prompt's last N tokens (0 = every token).")
     args = parser.parse_args(argv)
     from alignment.evaluate import EvaluationError
 
     try:
-        result = measure(args.adapter, args.prompts, args.label, args.model)
+        result = measure(args.adapter, args.prompts, args.label, args.model, last_tokens=args.last_tokens)
     except (RetainDataError, EvaluationError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

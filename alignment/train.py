@@ -471,7 +471,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         encoded = retain.encode_prompts(tokenizer, prompts, config.max_length)
         trainer_class = retain.retain_trainer_class(DPOTrainer)
         retain_kwargs = {"retain_batches": retain.RetainBatches(encoded, config.retain_batch_size, config.seed),
-                         "retain_weight": config.retain_weight}
+                         "retain_weight": config.retain_weight, "retain_last_tokens": config.retain_last_tokens}
     status("preparing data" + (" and reference log-probs" if config.precompute_reference else ""))
     try:
         trainer = trainer_class(

@@ -149,6 +149,11 @@ class TrainConfig:
         default="",
         metadata={"help": "Use only retain_prompts rows whose 'label' field equals this (e.g. benign); empty: all."},
     )
+    retain_last_tokens: int = field(
+        default=0,
+        metadata={"help": "Retain loss only on each retain prompt's last N tokens, where the answer's first token "
+                  "(refuse or answer) is read from; 0 = every prompt token."},
+    )
     retain_batch_size: int = field(
         default=2, metadata={"help": "Retain prompts read per forward pass (per gradient-accumulation step)."}
     )
@@ -242,6 +247,7 @@ class TrainConfig:
                                 "init_adapter empty.")
         validate_range("retain_weight", self.retain_weight, 0, None)
         validate_range("retain_batch_size", self.retain_batch_size, 1)
+        validate_range("retain_last_tokens", self.retain_last_tokens, 0)
         if self.retain_weight > 0 and self.lora_r == 0:
             raise SettingsError("retain_weight compares the model with and without its adapter, so it needs LoRA: "
                                 "set lora_r > 0 or retain_weight: 0.")

@@ -13,6 +13,7 @@ from alignment.retain import (
     RetainDataError,
     adapted_layer_range,
     encode_prompts,
+    last_tokens_mask,
     main,
     pad_batch,
     read_retain_prompts,
@@ -82,6 +83,12 @@ def test_pad_batch_masks_the_padding():
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_last_tokens_mask_keeps_each_rows_end():
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    assert last_tokens_mask(mask, 2).tolist() == [[0, 0, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]
+    assert last_tokens_mask(mask, 0).tolist() == mask.tolist()
+
+
 def test_relative_drift_is_per_token_and_ignores_padding():
     base = torch.tensor([[[3.0, 4.0], [100.0, 0.0], [1.0, 1.0]]])  # a huge-norm token does not dominate
     adapted = base.clone()
@@ -110,6 +117,7 @@ def test_drift_is_zero_for_a_fresh_adapter_and_trains_the_adapter(tiny_model_dir
             torch.nn.init.normal_(param, std=0.5)
     drift = retain_drift(model, input_ids, mask)
     assert drift.item() > 0
+    assert retain_drift(model, input_ids, mask, last_tokens=1).item() != pytest.approx(drift.item())
     drift.backward()
     grads = {name: param.grad for name, param in model.named_parameters() if param.requires_grad}
     assert grads and all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
