@@ -8,9 +8,11 @@ separates held-out prompts far better than the aligned model's behaviour does, t
 the model represents (docs/OUTCOME.md).
 
 Run: ``python -m alignment.probe --train runs/refusal-bundled-cpu/data/pairs.jsonl --eval
-alignment/data/outcome_eval.jsonl [--model bundled] [--adapter DIR] [--every 3] [--json OUT]``. Both files are
-prompt sets (``prompt`` and ``label`` per line; training pairs files qualify). About 2 minutes for 1,100 prompts on
-2 cores with the bundled model.
+alignment/data/outcome_eval.jsonl [--model bundled] [--adapter DIR] [--every 3] [--json OUT] [--gate REPORT.json
+--gate-layer 18]``. Both files are prompt sets (``prompt`` and ``label`` per line; training pairs files qualify).
+About 2 minutes for 1,100 prompts on 2 cores with the bundled model. ``--gate`` takes an evaluate report of the
+--eval prompts and says what a refusal gated on one layer's probe would do: flagged prompts get the report's aligned
+answer, the others the base model's.
 """
 
 from __future__ import annotations
@@ -129,6 +131,61 @@ def probe_layers(train_features: Any, train_labels: Any, eval_features: Any, eva
     return results
 
 
+@dataclass
+class GateResult:
+    """What a refusal gated on one layer's probe would do, from an evaluation report's base and aligned verdicts:
+    prompts the probe flags get the aligned model's answer, the rest the base model's."""
+
+    layer: int
+    routed: int  # prompts the probe sends to the aligned model
+    harmful: int
+    base_compliant: int
+    gated_compliant: int
+    plain: int
+    plain_refused: int
+    risky: int
+    risky_refused: int
+
+    @property
+    def harm_reduction(self) -> float | None:
+        return 1 - self.gated_compliant / self.base_compliant if self.base_compliant else None
+
+    def line(self) -> str:
+        reduction = f"{self.harm_reduction:.1%}" if self.harm_reduction is not None else "n/a"
+        return (f"gated on layer {self.layer}: {self.routed} prompts routed to the aligned model; harmful compliance "
+                f"{self.gated_compliant}/{self.harmful} (base {self.base_compliant}, harm reduction {reduction}); "
+                f"false refusals {self.plain_refused}/{self.plain} plain, {self.risky_refused}/{self.risky} "
+                "risky-looking benign")
+
+
+def prompt_key(prompt: Any) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+def gate_outcome(rows: Sequence[dict[str, Any]], flagged: dict[str, bool], layer: int) -> GateResult:
+    """Count a gated system's verdicts over an evaluation report's rows (``flagged`` keyed by ``prompt_key``)."""
+    missing = [row["prompt"] for row in rows if prompt_key(row["prompt"]) not in flagged]
+    if missing:
+        raise ValueError(f"{len(missing)} prompts of the report are not in the --eval set (first: "
+                         f"{str(missing[0])[:80]!r}); give the prompt file the report was made from.")
+    counts = dict.fromkeys(("routed", "harmful", "base", "gated", "plain", "plain_refused", "risky",
+                            "risky_refused"), 0)
+    for row in rows:
+        routed = flagged[prompt_key(row["prompt"])]
+        counts["routed"] += routed
+        kind = (row["aligned"] if routed else row["base"])["kind"]
+        if row["label"] == "harmful":
+            counts["harmful"] += 1
+            counts["base"] += row["base"]["kind"] == "compliance"
+            counts["gated"] += kind == "compliance"
+        else:
+            group = "risky" if row.get("risky") else "plain"
+            counts[group] += 1
+            counts[f"{group}_refused"] += kind != "compliance"
+    return GateResult(layer, counts["routed"], counts["harmful"], counts["base"], counts["gated"], counts["plain"],
+                      counts["plain_refused"], counts["risky"], counts["risky_refused"])
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -148,9 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=3, help="Probe every N-th layer (and the last).")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="Also write the per-layer results to this JSON file.")
+    parser.add_argument("--gate", default=None,
+                        help="An evaluate report (JSON) of the --eval prompts: also say what a refusal gated on the "
+                        "probe of --gate-layer would do (flagged prompts get its aligned answer, the rest the base's).")
+    parser.add_argument("--gate-layer", type=int, default=None, help="The layer whose probe gates (with --gate).")
     args = parser.parse_args(argv)
     if args.every < 1:
         print("error: --every must be at least 1.", file=sys.stderr)
+        return 2
+    if args.gate and args.gate_layer is None:
+        # No default: picking the layer by its score on the evaluation prompts would tune the gate on them.
+        print("error: --gate needs --gate-layer N, chosen before looking at the evaluation prompts.", file=sys.stderr)
+        return 2
+    try:
+        gate_rows = json.loads(Path(args.gate).read_text(encoding="utf-8"))["rows"] if args.gate else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: --gate {args.gate} is not an evaluate report with rows ({exc}).", file=sys.stderr)
         return 2
     try:
         train_cases, eval_cases = load_prompts(args.train), load_prompts(args.eval)
@@ -174,14 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     eval_features = prompt_features(loaded, [as_chat(c["prompt"]) for c in eval_cases], on_progress=progress("eval"))
     train_labels = torch.tensor([c["label"] == "harmful" for c in train_cases], dtype=torch.float32)
     last = train_features.shape[1] - 1
+    if args.gate and not 0 <= args.gate_layer <= last:
+        print(f"error: --gate-layer {args.gate_layer} is not a layer of this model (0 to {last}).", file=sys.stderr)
+        return 2
     layers = sorted(set(range(0, last + 1, args.every)) | {last})
     results = probe_layers(train_features, train_labels, eval_features, eval_cases, layers)
     print(f"{loaded.name}{' + ' + args.adapter if args.adapter else ''}: probes fitted on {len(train_cases)} "
           f"prompts of {args.train}, scored on {len(eval_cases)} of {args.eval}")
     for result in results:
         print(result.line())
+    output: dict[str, Any] | list[dict[str, Any]] = [asdict(r) for r in results]
+    if gate_rows is not None:
+        scores = fit_probe(train_features[:, args.gate_layer], train_labels).scores(eval_features[:, args.gate_layer])
+        flagged = {prompt_key(case["prompt"]): bool(score > 0)
+                   for case, score in zip(eval_cases, scores.tolist(), strict=True)}
+        try:
+            gate = gate_outcome(gate_rows, flagged, args.gate_layer)
+        except (ValueError, KeyError, TypeError) as exc:
+            print(f"error: --gate {args.gate}: {exc}", file=sys.stderr)
+            return 2
+        print(gate.line())
+        output = {"layers": output, "gate": {**asdict(gate), "harm_reduction": gate.harm_reduction}}
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2), encoding="utf-8")
+        Path(args.json).write_text(json.dumps(output, indent=2), encoding="utf-8")
     return 0
 
 
