@@ -163,27 +163,23 @@ def prompt_key(prompt: Any) -> str:
 
 
 def gate_outcome(rows: Sequence[dict[str, Any]], flagged: dict[str, bool], layer: int) -> GateResult:
-    """Count a gated system's verdicts over an evaluation report's rows (``flagged`` keyed by ``prompt_key``)."""
+    """Judge a gated system over an evaluation report's rows (``flagged`` keyed by ``prompt_key``) with the
+    project's own metrics: a flagged prompt's aligned answer, or else its base answer, becomes the aligned side."""
+    from alignment.metrics import summarize
+
     missing = [row["prompt"] for row in rows if prompt_key(row["prompt"]) not in flagged]
     if missing:
         raise ValueError(f"{len(missing)} prompts of the report are not in the --eval set (first: "
                          f"{str(missing[0])[:80]!r}); give the prompt file the report was made from.")
-    counts = dict.fromkeys(("routed", "harmful", "base", "gated", "plain", "plain_refused", "risky",
-                            "risky_refused"), 0)
-    for row in rows:
-        routed = flagged[prompt_key(row["prompt"])]
-        counts["routed"] += routed
-        kind = (row["aligned"] if routed else row["base"])["kind"]
-        if row["label"] == "harmful":
-            counts["harmful"] += 1
-            counts["base"] += row["base"]["kind"] == "compliance"
-            counts["gated"] += kind == "compliance"
-        else:
-            group = "risky" if row.get("risky") else "plain"
-            counts[group] += 1
-            counts[f"{group}_refused"] += kind != "compliance"
-    return GateResult(layer, counts["routed"], counts["harmful"], counts["base"], counts["gated"], counts["plain"],
-                      counts["plain_refused"], counts["risky"], counts["risky_refused"])
+    routed = [flagged[prompt_key(row["prompt"])] for row in rows]
+    gated = [{**row, "aligned": row["aligned"] if to_aligned else row["base"]}
+             for row, to_aligned in zip(rows, routed, strict=True)]
+    summary = summarize(gated, n_boot=0)
+    base, after = summary["base"], summary["aligned"]
+    return GateResult(layer, sum(routed), after["harmful_compliance"]["n"], base["harmful_compliance"]["count"],
+                      after["harmful_compliance"]["count"], after["false_refusal_plain"]["n"],
+                      after["false_refusal_plain"]["count"], after["false_refusal_risky"]["n"],
+                      after["false_refusal_risky"]["count"])
 
 
 def main(argv: list[str] | None = None) -> int:
