@@ -202,11 +202,12 @@ def measure(adapter: str, prompts_path: str, label: str | None, model_name: str 
     from alignment.evaluate import attach_adapter
     from alignment.models import LoadSettings, load_model
 
+    prompts = read_retain_prompts(prompts_path, label)  # a bad file fails before the model loads
     loaded = load_model(LoadSettings(model=model_name, device="cpu"))
     attach_adapter(loaded, Path(adapter))
     model = loaded.model
     model.eval()
-    encoded = encode_prompts(loaded.tokenizer, read_retain_prompts(prompts_path, label))
+    encoded = encode_prompts(loaded.tokenizer, prompts)
     pad_id = loaded.tokenizer.pad_token_id or 0
     total, count = 0.0, 0
     with torch.no_grad():
@@ -227,11 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-tokens", type=int, default=0,
                         help="Measure only each prompt's last N tokens (0 = every token).")
     args = parser.parse_args(argv)
+    if args.last_tokens < 0:
+        print("error: --last-tokens must be 0 (every token) or more.", file=sys.stderr)
+        return 2
     from alignment.evaluate import EvaluationError
+    from alignment.models import ModelLoadError
 
     try:
         result = measure(args.adapter, args.prompts, args.label, args.model, last_tokens=args.last_tokens)
-    except (RetainDataError, EvaluationError, OSError) as exc:
+    except (RetainDataError, EvaluationError, ModelLoadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result))

@@ -165,6 +165,10 @@ def test_retain_settings_are_checked(tiny_model_dir, pairs, tmp_path):
     assert not (tmp_path / "run" / "adapter").exists()
 
 
-def test_cli_reports_a_missing_adapter_with_exit_2(pairs, tmp_path, capsys):
-    assert main(["--adapter", str(tmp_path / "nope"), "--prompts", str(pairs)]) == 2
+def test_cli_reports_bad_input_with_exit_2(pairs, tmp_path, capsys, tiny_model_dir):
+    assert main(["--adapter", str(tmp_path / "nope"), "--prompts", str(pairs), "--model", str(tiny_model_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--adapter", str(tmp_path), "--prompts", str(tmp_path / "none.jsonl")]) == 2
+    assert "Retain prompt file" in capsys.readouterr().err
+    assert main(["--adapter", str(tmp_path), "--prompts", str(pairs), "--last-tokens", "-1"]) == 2
+    assert "--last-tokens" in capsys.readouterr().err
