@@ -34,32 +34,28 @@ class RetainDataError(ValueError):
 
 
 def read_retain_prompts(path: str | Path, label: str | None = None) -> list[Messages]:
-    """Prompts of a .jsonl file as chat messages: rows with ``prompt`` (text or messages), optionally one ``label``.
+    """Prompts of a .jsonl or .parquet file as chat messages: rows with ``prompt`` (text or messages) and ``label``.
 
     Preference pairs work as they are (their prompt is the retain prompt); ``label`` keeps only rows whose
     ``label`` field equals it (the outcome pipeline's pairs say "benign" or "harmful").
     """
-    source = Path(path)
-    if not source.is_file():
-        raise RetainDataError(f"Retain prompt file {path} does not exist. Point retain_prompts at a .jsonl file of "
-                              "benign prompts (rows with a 'prompt' field).")
+    from alignment.train import DatasetError, read_rows
+
+    try:
+        rows = read_rows(str(path))
+    except DatasetError as exc:
+        raise RetainDataError(f"Retain prompts: {exc}") from exc
     prompts: list[Messages] = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RetainDataError(f"{path} line {number} is not valid JSON ({exc.msg}).") from exc
+    for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or "prompt" not in row:
-            raise RetainDataError(f"{path} line {number} has no 'prompt' field.")
+            raise RetainDataError(f"{path} row {number} has no 'prompt' field.")
         if label is not None and row.get("label") != label:
             continue
         prompt = row["prompt"]
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
         if not (isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt)):
-            raise RetainDataError(f"{path} line {number}: 'prompt' must be text or a list of chat messages.")
+            raise RetainDataError(f"{path} row {number}: 'prompt' must be text or a list of chat messages.")
         prompts.append(prompt)
     if not prompts:
         which = f" with label {label!r}" if label is not None else ""

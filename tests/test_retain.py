@@ -58,7 +58,7 @@ def test_prompts_come_as_messages_filtered_by_label(pairs, tmp_path):
     (None, None, "does not exist"),
     ('{"prompt": "x", "label": "harmful"}\n', "benign", "no prompts with label 'benign'"),
     ('{"prompt": "x"}\nnot json\n', None, "line 2 is not valid JSON"),
-    ('{"text": "x"}\n', None, "line 1 has no 'prompt' field"),
+    ('{"text": "x"}\n', None, "row 1 has no 'prompt' field"),
     ('{"prompt": 7}\n', None, "must be text or a list of chat messages"),
 ])
 def test_bad_prompt_files_are_named(tmp_path, content, label, message):
@@ -169,6 +169,6 @@ def test_cli_reports_bad_input_with_exit_2(pairs, tmp_path, capsys, tiny_model_d
     assert main(["--adapter", str(tmp_path / "nope"), "--prompts", str(pairs), "--model", str(tiny_model_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["--adapter", str(tmp_path), "--prompts", str(tmp_path / "none.jsonl")]) == 2
-    assert "Retain prompt file" in capsys.readouterr().err
+    assert "Retain prompts" in capsys.readouterr().err
     assert main(["--adapter", str(tmp_path), "--prompts", str(pairs), "--last-tokens", "-1"]) == 2
     assert "--last-tokens" in capsys.readouterr().err
