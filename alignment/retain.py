@@ -65,10 +65,11 @@ def read_retain_prompts(path: str | Path, label: str | None = None) -> list[Mess
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[Messages], max_length: int | None = None) -> list[list[int]]:
     """Token ids of each prompt through the chat template, up to where the answer starts (the decision point)."""
+    from alignment.generation import format_chat
+
     encoded = []
     for messages in prompts:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(format_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
         # Keep the end: the last positions are the ones the first answer token is read from.
         encoded.append(ids[-max_length:] if max_length else ids)
     return encoded
