@@ -132,7 +132,8 @@ def config(model_dir, dataset, output_dir, **changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_training_with_the_retain_loss_keeps_benign_prompts_closer_to_the_base(tiny_model_dir, pairs, tmp_path):
+def test_training_with_the_retain_loss_keeps_benign_prompts_closer_to_the_base(tiny_model_dir, pairs, tmp_path,
+                                                                                capsys):
     plain = train(config(tiny_model_dir, pairs, tmp_path / "plain"))
     logs: list[dict] = []
     kept = train(config(tiny_model_dir, pairs, tmp_path / "kept", retain_weight=50.0, retain_prompts=str(pairs),
@@ -140,13 +141,10 @@ def test_training_with_the_retain_loss_keeps_benign_prompts_closer_to_the_base(t
     assert [r["retain_drift"] >= 0 for r in logs if "loss" in r] == [True] * 6  # logged at every step
 
     def drift(adapter: str) -> float:
-        out = tmp_path / "out.txt"
-        import contextlib
-
-        with open(out, "w") as stream, contextlib.redirect_stdout(stream):
-            assert main(["--adapter", adapter, "--prompts", str(pairs), "--label", "benign",
-                         "--model", str(tiny_model_dir)]) == 0
-        result = json.loads(out.read_text())
+        capsys.readouterr()
+        assert main(["--adapter", adapter, "--prompts", str(pairs), "--label", "benign",
+                     "--model", str(tiny_model_dir)]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["prompts"] == 8
         return result["mean_drift"]
 
