@@ -27,6 +27,7 @@ from typing import Any
 
 from alignment.generation import GenerationCancelled, SamplingSettings, generate
 from alignment.redteam import DEFAULT_LIMIT_PER_TEMPLATE, SuiteError, build_cases, load_prompts
+from alignment.registry import SideView
 from alignment.settings import SettingsError, validate_choice, validate_range
 
 ProgressFn = Callable[[int, int], None]
@@ -215,13 +216,20 @@ def evaluate(
     chats = [as_chat(c["prompt"]) for c in cases]
     answers: dict[str, list[str]] = {}
     loglik: dict[str, list[float]] = {}
+    routed: list[bool | None] = [None] * len(cases)
+    # A gated adapter (a registry side's gate, or one attach_adapter read) answers through its gate: the base
+    # weights answer what the gate does not flag. The base side never goes through it.
+    gate = (getattr(loaded, "gate", None) or getattr(loaded, "gates", {}).get(adapter)) if adapter else None
     lock = getattr(loaded, "lock", None) or nullcontext()
     with lock:
         for side in sides:
             with _adapter_context(loaded.model, side == "aligned", adapter):
-                generations = generate(loaded, chats, settings.sampling(), batch_size=settings.batch_size,
+                target = SideView(loaded.model, loaded.tokenizer, side, gate=gate if side == "aligned" else None)
+                generations = generate(target, chats, settings.sampling(), batch_size=settings.batch_size,
                                        on_progress=batch_progress(done), should_stop=should_stop)
                 answers[side] = [g[0].text if g else "" for g in generations]
+                if side == "aligned" and gate is not None:
+                    routed = [g[0].routed if g else None for g in generations]
                 if references:
                     loglik[side] = reference_loglik(
                         loaded, [(as_chat(c["prompt"]), c["reference"]) for c in references],
@@ -237,6 +245,8 @@ def evaluate(
             v = verdicts[side][i]
             row[side] = {"response": answers[side][i], "refused": bool(v.refused), "kind": v.kind,
                          "score": float(v.score), "reason": v.reason}
+        if gate is not None:
+            row["aligned"]["routed"] = routed[i]  # True: the adapter answered; False: the gate left it to the base
         rows.append(row)
     capability: dict[str, Any] = {"n_references": len(references)}
     for side in sides:
@@ -257,7 +267,9 @@ def evaluate(
         "by_split": {"side": sides[-1], "harmful_compliance": by_split},
         "rows": rows,
         "meta": {"adapter": adapter, "settings": asdict(settings), "judge": getattr(judge, "name", str(judge)),
-                 "cases": len(cases), "seconds": round(time.perf_counter() - started, 1)},
+                 "cases": len(cases), "seconds": round(time.perf_counter() - started, 1),
+                 "gate": ({"layer": gate.layer, "threshold": gate.threshold, "routed": sum(map(bool, routed))}
+                          if gate is not None else None)},
     }
 
 
@@ -332,6 +344,10 @@ def markdown_report(report: dict[str, Any], examples: int = 4) -> str:
     if meta:
         lines += [f"Model: `{meta.get('model', '?')}`  Adapter: `{meta.get('adapter') or 'none'}`  "
                   f"Judge: `{meta.get('judge')}`  Cases: {meta.get('cases')}  Time: {meta.get('seconds')} s", ""]
+        if meta.get("gate"):
+            gate = meta["gate"]
+            lines += [f"Refusal gate (layer {gate['layer']}, alignment.gate): the adapter answered the {gate['routed']} "
+                      f"of {meta.get('cases')} prompts the gate flagged; the base weights answered the rest.", ""]
     lines += ["## Metrics", "", "Rates: value (count/n) [95% Wilson interval].", ""]
     lines += _metric_tables(report.get("summary", {}))
     capability = report.get("capability") or {}
@@ -386,13 +402,22 @@ def write_report(report: dict[str, Any], output: str | Path) -> tuple[Path, Path
 
 
 def attach_adapter(loaded: Any, path: str | Path, name: str = "aligned") -> str:
-    """Load a peft LoRA adapter onto ``loaded.model`` (same weights as the base) and return its name."""
+    """Load a peft LoRA adapter onto ``loaded.model`` (same weights as the base) and return its name; a refusal
+    gate in the folder (alignment.gate) goes into ``loaded.gates``, and evaluate() then routes through it."""
+    from alignment.gate import GateError, load_gate
+
     path = Path(path)
     if not path.is_dir():
         raise EvaluationError(f"Adapter folder {path} does not exist. Give the folder that holds "
                               "adapter_config.json (the training run's adapter output).")
     if not (path / "adapter_config.json").is_file():
         raise EvaluationError(f"{path} has no adapter_config.json, so it is not a peft adapter folder.")
+    try:
+        gate = load_gate(path)
+        if gate is not None:
+            gate.check_fits(loaded.model, repr(getattr(loaded, "name", "this model")))
+    except GateError as exc:
+        raise EvaluationError(str(exc)) from exc
     from peft import PeftModel
 
     try:
@@ -405,6 +430,8 @@ def attach_adapter(loaded: Any, path: str | Path, name: str = "aligned") -> str:
             f"different base model ({base or 'unknown base'}). Evaluate it with the --model it was trained on. "
             f"Details: {first}") from exc
     loaded.model.eval()
+    if gate is not None and hasattr(loaded, "gates"):
+        loaded.gates[name] = gate
     return name
 
 

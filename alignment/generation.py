@@ -7,6 +7,7 @@ model's own chat template.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +72,7 @@ class Generation:
     text: str
     tokens: int
     finished: bool  # True when the model stopped at EOS rather than at max_new_tokens
+    routed: bool | None = None  # with a refusal gate: True = the adapter answered, False = the base weights
 
 
 def _unwrap(loaded: Any) -> tuple[Any, Any, Any]:
@@ -118,7 +120,9 @@ def generate(
     """Generate ``n`` responses for each chat. Returns one list of ``n`` Generations per chat, in input order.
 
     ``batch_size`` counts chats per forward pass (each chat expands to ``n`` sequences). ``on_progress(done,
-    total)`` is called after every batch; ``should_stop()`` is checked between batches.
+    total)`` is called after every batch; ``should_stop()`` is checked between batches. When ``loaded`` carries a
+    refusal ``gate`` (alignment.gate; a registry side of a gated adapter does), the gate routes each chat: the
+    adapter answers the ones it flags, the base weights the others, and each Generation says which (``routed``).
     """
     import torch
 
@@ -128,16 +132,17 @@ def generate(
     if not settings.do_sample and n > 1:
         raise SettingsError("Greedy decoding gives the same text every time: turn sampling on for n > 1.")
     model, tokenizer, lock = _unwrap(loaded)
+    gate = getattr(loaded, "gate", None)
     texts = [format_chat(tokenizer, with_system(chat, settings.system_prompt)) for chat in chats]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
     results: list[list[Generation] | None] = [None] * len(texts)
     eos_ids = set(_eos_ids(model, tokenizer))
-    pad_id = tokenizer.pad_token_id
     device = next(model.parameters()).device
     done = 0
-    with lock, torch.inference_mode():
-        _seed_everything(settings.seed)
+
+    def run(indices: list[int], routed: bool | None) -> None:
+        nonlocal done
+        order = sorted(indices, key=lambda i: lengths[i])
         for start in range(0, len(order), max(1, batch_size)):
             if should_stop and should_stop():
                 partial = [r for r in results if r is not None]
@@ -145,30 +150,31 @@ def generate(
             batch_idx = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in batch_idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
-            out = model.generate(
-                **enc,
-                **settings.generate_kwargs(),
-                num_return_sequences=n,
-                eos_token_id=list(eos_ids),
-                pad_token_id=pad_id,
-            )
-            new_tokens = out[:, enc["input_ids"].shape[1]:]
-            for row, seq in enumerate(new_tokens):
+            out = model.generate(**enc, **settings.generate_kwargs(), num_return_sequences=n,
+                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id)
+            for row, seq in enumerate(out[:, enc["input_ids"].shape[1]:]):
                 ids = seq.tolist()
-                finished = False
-                count = len(ids)
-                for pos, tok in enumerate(ids):
-                    if tok in eos_ids:
-                        count, finished = pos + 1, True
-                        break
+                eos_at = next((pos for pos, tok in enumerate(ids) if tok in eos_ids), None)
+                count = len(ids) if eos_at is None else eos_at + 1
                 text = tokenizer.decode(ids[:count], skip_special_tokens=True).strip()
                 chat_i = batch_idx[row // n]
-                if results[chat_i] is None:
-                    results[chat_i] = []
-                results[chat_i].append(Generation(text=text, tokens=count, finished=finished))
+                results[chat_i] = (results[chat_i] or []) + [
+                    Generation(text=text, tokens=count, finished=eos_at is not None, routed=routed)]
             done += len(batch_idx)
             if on_progress:
                 on_progress(done, len(texts))
+
+    with lock, torch.inference_mode():
+        _seed_everything(settings.seed)
+        if gate is None:
+            run(list(range(len(texts))), None)
+        else:
+            flags = gate.route(model, tokenizer, texts, batch_size=max(1, batch_size))
+            from alignment.gate import base_weights
+
+            with base_weights(model):
+                run([i for i, flagged in enumerate(flags) if not flagged], False)
+            run([i for i, flagged in enumerate(flags) if flagged], True)
     return [r or [] for r in results]
 
 
@@ -177,7 +183,7 @@ def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = Non
     """Yield the growing response text for one chat as tokens arrive.
 
     The generating thread holds the model's lock (or enters ``hold()``, which yields an object with ``.model``,
-    e.g. a registry side) for the generation only. A reader that stops reading, such as a browser that went
+    e.g. a registry side, and ``.gate`` when a refusal gate routes the chat) for the generation only. A reader that stops reading, such as a browser that went
     away mid-stream, therefore never keeps the model locked.
     """
     from transformers import TextIteratorStreamer
@@ -193,12 +199,17 @@ def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = Non
     def run() -> None:
         import torch
 
+        from alignment.gate import base_weights
+
         try:
             with (hold() if hold else lock) as held, torch.inference_mode():
                 generator = held.model if hold else model
+                gate = getattr(held if hold else loaded, "gate", None)
+                to_base = gate is not None and not gate.route(generator, tokenizer, [text])[0]
                 _seed_everything(settings.seed)
-                generator.generate(**enc, **settings.generate_kwargs(), streamer=streamer,
-                                   eos_token_id=_eos_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
+                with base_weights(generator) if to_base else contextlib.nullcontext():
+                    generator.generate(**enc, **settings.generate_kwargs(), streamer=streamer,
+                                       eos_token_id=_eos_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id)
         except BaseException as exc:  # surfaced to the caller below
             error.append(exc)
             streamer.end()

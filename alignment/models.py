@@ -82,6 +82,7 @@ class LoadedModel:
     source: str
     load_seconds: float
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    gates: dict[str, Any] = field(default_factory=dict, repr=False)  # adapter name -> refusal gate (evaluate's)
 
     def facts(self) -> dict[str, Any]:
         import torch

@@ -105,6 +105,13 @@ class OutcomeConfig:
     refine_repeat: int = field(
         default=2, metadata={"help": "How many times each pair the first adapter got wrong appears in the second "
                              "phase (the pairs it got right appear once)."})
+    gate: bool = field(
+        default=False, metadata={"help": "After training, fit a refusal gate on the base model's hidden states of "
+                                 "the training prompts (alignment.gate) and store it with the adapter: the adapter "
+                                 "then answers only the prompts the gate flags, the base model the rest."})
+    gate_layer: int = field(
+        default=0, metadata={"help": "Layer the gate reads; 0 chooses it by cross-validated log-loss on the "
+                             "training prompts (never on the evaluation prompts)."})
     threads: int = field(
         default=0, metadata={"help": "Torch CPU threads; 0 keeps torch's default. On a busy shared CPU, 1 is often "
                              "much faster than oversubscribing cores."})
@@ -112,7 +119,7 @@ class OutcomeConfig:
 
     def __post_init__(self) -> None:
         for name in ("harmful_per_template", "harmful_labeling", "benign_labeling", "risky_labeling",
-                     "benign_redteam", "heldout_benign", "threads"):
+                     "benign_redteam", "heldout_benign", "threads", "gate_layer"):
             validate_range(name, getattr(self, name), 0, 100000)
         for name in ("answer_tokens", "batch_size", "eval_max_new_tokens", "heldout_per_template"):
             validate_range(name, getattr(self, name), 1, 100000)
@@ -556,6 +563,10 @@ class Paths:
         return self.root / "data" / "pairs.jsonl"
 
     @property
+    def gate_prompts(self) -> Path:
+        return self.root / "data" / "gate_prompts.jsonl"
+
+    @property
     def stats(self) -> Path:
         return self.root / "data" / "stats.json"
 
@@ -621,6 +632,43 @@ def _train_stage(train_config: Any, info_path: Path, label: str, status: Status)
     return info
 
 
+def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],
+                status: Status) -> dict[str, Any] | None:
+    """Fit the refusal gate into the adapter folder unless it is there; return what it is (None: no gate)."""
+    from alignment.evaluate import ProgressPrinter
+    from alignment.gate import GATE_FILE, fit_gate_on_prompts
+    from alignment.redteam import load_prompts
+    from alignment.refusal_data import write_jsonl
+
+    path = paths.adapter / GATE_FILE
+    if not config.gate:
+        if path.is_file():
+            status(f"gate: off in the settings, removing {path} (from an earlier run with the gate on)")
+            path.unlink()
+        return None
+    info_path = paths.root / "gate.json"
+    if path.is_file() and info_path.is_file():
+        status(f"{stage('gate')}: reusing {path}")
+        return json.loads(info_path.read_text())
+    # Every training prompt by what it asks for, not only those that became pairs: a harmful prompt the base
+    # model already refuses is still one the gate should flag. Written out so `python -m alignment.gate` can
+    # refit the same gate.
+    harmful, benign = training_prompts(config)
+    write_jsonl([{"prompt": item["prompt"], "label": label, "category": item.get("category")}
+                 for label, items in (("harmful", harmful), ("benign", benign)) for item in items], paths.gate_prompts)
+    cases = load_prompts(str(paths.gate_prompts))
+    status(f"{stage('gate')}: reading {len(cases)} training prompts with the base model")
+    started = time.perf_counter()
+    gate = fit_gate_on_prompts(model(), cases, config.gate_layer or None, source=str(paths.gate_prompts),
+                               on_progress=ProgressPrinter("gate"))
+    gate.save(paths.adapter)
+    info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
+            "seconds": round(time.perf_counter() - started, 1)}
+    _write_json(info_path, info)
+    status(gate.summary())
+    return info
+
+
 def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str | Path, fresh: bool = False,
                  status: Status | None = None) -> dict[str, Any]:
     """Run the stages that are not done yet; return the outcome report (also written to report.json)."""
@@ -650,13 +698,18 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
             loaded = load_model(LoadSettings(model=config.model, device="cpu"))
         return loaded
 
-    total = 5 if config.refine_share > 0 else 4
+    names = ["data", "train", *(["refine"] if config.refine_share > 0 else []), *(["gate"] if config.gate else []),
+             "evaluate", "report"]
+
+    def stage(name: str) -> str:
+        return f"[{names.index(name) + 1}/{len(names)}] {name}"
+
     started = time.perf_counter()
     if paths.pairs.is_file() and paths.stats.is_file():
-        status(f"[1/{total}] data: reusing {paths.pairs}")
+        status(f"{stage('data')}: reusing {paths.pairs}")
         stats = json.loads(paths.stats.read_text())
     else:
-        status(f"[1/{total}] data: building preference pairs from the train split")
+        status(f"{stage('data')}: building preference pairs from the train split")
         pairs, stats = build_data(model(), config, judge, status)
         if not pairs:
             raise OutcomeError("No preference pairs could be built: the base model refused every harmful prompt "
@@ -675,11 +728,11 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         if not paths.first_pairs.is_file():
             write_jsonl(first_pairs, paths.first_pairs)
         first_config = build_train_config(train, config, paths.first_pairs, paths.first)
-        first_info = _train_stage(first_config, paths.first / "train.json", "[2/5] train (first phase)", status)
+        first_info = _train_stage(first_config, paths.first / "train.json", f"{stage('train')} (first phase)", status)
         timings["train"] = first_info.get("seconds", 0.0)
         started = time.perf_counter()
         if (paths.adapter / "adapter_config.json").is_file() and paths.train_info.is_file():
-            status(f"[3/5] refine: reusing {paths.adapter}")
+            status(f"{stage('refine')}: reusing {paths.adapter}")
             train_info = json.loads(paths.train_info.read_text())
         else:
             if paths.refine_pairs.is_file() and paths.refine_stats.is_file():
@@ -698,16 +751,18 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
             if second_config.max_steps * second_config.effective_batch_size < refine_stats["refine_pairs"]:
                 # Fewer visits than pairs: a reference forward per visit costs less than one per pair up front.
                 second_config.precompute_reference = False
-            train_info = _train_stage(second_config, paths.train_info, "[3/5] refine (second phase, on-policy)",
+            train_info = _train_stage(second_config, paths.train_info, f"{stage('refine')} (second phase, on-policy)",
                                       status)
             train_info = {**train_info, "refine": refine_stats, "seconds": round(time.perf_counter() - started, 1)}
             _write_json(paths.train_info, train_info)
         stats = {**stats, **train_info.get("refine", {})}
         timings["refine"] = train_info.get("seconds", 0.0)
     else:
-        train_info = _train_stage(train_config, paths.train_info, "[2/4] train", status)
+        train_info = _train_stage(train_config, paths.train_info, stage("train"), status)
         timings["train"] = train_info.get("seconds", 0.0)
-    step = "4/5" if refine else "3/4"
+    gate_info = _gate_stage(config, paths, model, stage, status)
+    if gate_info:
+        timings["gate"] = gate_info["seconds"]
 
     reports: dict[str, dict[str, Any]] = {}
     sets = evaluation_sets(config)
@@ -716,10 +771,10 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     for name, cases in sets.items():
         path = paths.eval_report(name)
         if path.is_file():
-            status(f"[{step}] evaluate {name}: reusing {path}")
+            status(f"{stage('evaluate')} {name}: reusing {path}")
             reports[name] = json.loads(path.read_text())
             continue
-        status(f"[{step}] evaluate {name}: {len(cases)} cases, base vs aligned, greedy, "
+        status(f"{stage('evaluate')} {name}: {len(cases)} cases, base vs aligned, greedy, "
                f"{config.eval_max_new_tokens} tokens")
         started = time.perf_counter()
         loaded_model = model()
@@ -734,9 +789,10 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
     for name in reports:
         timings.setdefault(f"evaluate_{name}", reports[name]["meta"].get("seconds", 0.0))
 
-    status("[5/5] report" if refine else "[4/4] report")
+    status(stage("report"))
     outcome = outcome_report(reports, stats, {k: train_info.get(k) for k in (
         "global_step", "train_pairs", "eval_pairs", "metrics", "eval_metrics", "seconds")}, timings, config)
+    outcome["gate"] = gate_info
     _write_json(paths.report, outcome)
     (paths.root / "report.md").write_text(markdown(outcome, reports))
     status(f"Wrote {paths.report} and {paths.root / 'report.md'}")
@@ -755,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from alignment.evaluate import EvaluationError
+    from alignment.gate import GateError
     from alignment.models import ModelLoadError
     from alignment.redteam import SuiteError
     from alignment.train import TrainingError
@@ -766,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted: finished stages are kept; re-run to continue.", file=sys.stderr)
         return 130
-    except (OutcomeError, SettingsError, TrainingError, EvaluationError, ModelLoadError, SuiteError) as exc:
+    except (OutcomeError, SettingsError, TrainingError, EvaluationError, ModelLoadError, SuiteError,
+            GateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, ev in outcome["evaluations"].items():

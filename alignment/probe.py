@@ -92,22 +92,12 @@ def auc(scores: Any, labels: Any) -> float:
 def prompt_features(loaded: Any, chats: Sequence[list[dict[str, str]]], batch_size: int = 16,
                     on_progress: Callable[[int, int], None] | None = None) -> Any:
     """Hidden states at the last position of each chat with the answer prompt added: (n, layers + 1, hidden)."""
-    import torch
-
+    from alignment.gate import last_position_states
     from alignment.generation import format_chat
 
-    model, tokenizer = loaded.model, loaded.tokenizer
-    out = []
-    with loaded.lock, torch.no_grad():
-        for start in range(0, len(chats), batch_size):
-            texts = [format_chat(tokenizer, chat) for chat in chats[start:start + batch_size]]
-            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
-            hidden = model(**encoded, output_hidden_states=True).hidden_states
-            # Left padding (prepare_tokenizer): the last position is every chat's last token.
-            out.append(torch.stack([layer[:, -1, :].float().cpu() for layer in hidden], dim=1))
-            if on_progress:
-                on_progress(min(start + batch_size, len(chats)), len(chats))
-    return torch.cat(out)
+    texts = [format_chat(loaded.tokenizer, chat) for chat in chats]
+    with loaded.lock:
+        return last_position_states(loaded.model, loaded.tokenizer, texts, batch_size, on_progress=on_progress)
 
 
 def probe_layers(train_features: Any, train_labels: Any, eval_features: Any, eval_cases: Sequence[dict[str, Any]],

@@ -28,6 +28,7 @@ class SideView:
     tokenizer: Any
     name: str
     lock: Any = contextlib.nullcontext()
+    gate: Any = None  # an adapter's refusal gate (alignment.gate): generation routes each chat through it
 
 
 def adapter_base_model(adapter_dir: str | Path) -> str | None:
@@ -46,6 +47,7 @@ class ModelRegistry:
         self._settings = settings or LoadSettings()
         self._loaded = loaded
         self._adapters: dict[str, str] = {}  # adapter name -> folder
+        self._gates: dict[str, Any] = {}  # adapter name -> its refusal gate, for adapters that have one
         self._lock = threading.RLock()
 
     @property
@@ -63,27 +65,42 @@ class ModelRegistry:
         """Load another base model; adapters trained for the old one are dropped."""
         new = load_model(settings)
         with self._lock:
-            self._settings, self._loaded, self._adapters = settings, new, {}
+            self._settings, self._loaded, self._adapters, self._gates = settings, new, {}, {}
         return new
 
     def adapters(self) -> dict[str, str]:
         with self._lock:
             return dict(self._adapters)
 
+    def gate(self, name: str) -> Any:
+        """The refusal gate an adapter was loaded with (alignment.gate.RefusalGate), or None."""
+        with self._lock:
+            return self._gates.get(name)
+
     def sides(self) -> list[str]:
         return [BASE, *self.adapters()]
 
     def load_adapter(self, path: str | Path, name: str | None = None) -> str:
-        """Load a LoRA adapter folder (or Hub id) onto the base weights; returns its name."""
+        """Load a LoRA adapter folder (or Hub id) onto the base weights, with its refusal gate when it has one
+        (alignment.gate); returns its name."""
         from peft import PeftModel
+
+        from alignment.gate import GateError, load_gate, load_hub_gate
 
         path = str(path)
         local = Path(path)
         if local.exists() and not (local / "adapter_config.json").is_file():
             raise ModelLoadError(f"{path} has no adapter_config.json: pick the adapter/ folder of a training run.")
+        loaded = self.loaded
+        try:
+            # Read before the adapter goes onto the weights, so a bad gate file leaves the registry as it was.
+            gate = load_gate(local) if local.exists() else None
+            if gate is not None:
+                gate.check_fits(loaded.model, loaded.name)
+        except GateError as exc:
+            raise ModelLoadError(str(exc)) from exc
         name = name or (local.parent.name if local.name == "adapter" else local.name) or "aligned"
         name = name.replace(".", "_")  # peft module names may not contain dots
-        loaded = self.loaded
         with loaded.lock, self._lock:
             if name in self._adapters:
                 if self._adapters[name] == path:
@@ -100,7 +117,18 @@ class ModelRegistry:
                     "An adapter only loads onto the base model it was trained from."
                 ) from exc
             loaded.model.eval()
+            if not local.exists():
+                try:
+                    gate = load_hub_gate(path)
+                    if gate is not None:
+                        gate.check_fits(loaded.model, loaded.name)
+                except Exception as exc:  # the Hub client raises many kinds; the adapter must not stay half-loaded
+                    with contextlib.suppress(Exception):
+                        loaded.model.delete_adapter(name)
+                    raise ModelLoadError(f"Loaded adapter {path!r} but not its refusal gate: {exc}") from exc
             self._adapters[name] = path
+            if gate is not None:
+                self._gates[name] = gate
         return name
 
     def stream(self, name: str, chat: list[dict[str, str]], settings: Any,
@@ -130,4 +158,4 @@ class ModelRegistry:
             if name not in self._adapters:
                 raise ModelLoadError(f"No adapter named {name!r} is loaded. Loaded: {', '.join(self.sides())}.")
             model.set_adapter(name)
-            yield SideView(model=model, tokenizer=loaded.tokenizer, name=name)
+            yield SideView(model=model, tokenizer=loaded.tokenizer, name=name, gate=self._gates.get(name))

@@ -252,6 +252,35 @@ def test_two_phase_pipeline_trains_the_second_phase_from_the_first_adapter(tiny_
     assert sum("reusing" in m for m in messages) == 5  # data, both phases, two evaluations
 
 
+def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(tiny_recipe, tmp_path):
+    from alignment.gate import GATE_FILE, load_gate
+
+    config, train = tiny_recipe
+    config.gate = True
+    out = tmp_path / "run"
+    messages: list[str] = []
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    gate = load_gate(out / "adapter")
+    assert gate is not None and gate.layer in (1, 2)
+    assert outcome["gate"]["layer"] == gate.layer
+    # Fitted on every training prompt, also the harmful ones the (tiny) base model never answered, so no pairs.
+    harmful, benign = training_prompts(config)
+    assert outcome["gate"]["fitted_on"] == {"harmful": len(harmful), "benign": len(benign),
+                                            "source": str(out / "data" / "gate_prompts.jsonl")}
+    assert any(m.startswith("[3/5] gate") for m in messages) and "gate" in outcome["timings_s"]
+    independent = json.loads((out / "eval_independent.json").read_text())
+    assert independent["meta"]["gate"]["layer"] == gate.layer
+    assert all(isinstance(row["aligned"]["routed"], bool) for row in independent["rows"])
+
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 5  # data, training, gate, two evaluations
+
+    config.gate = False  # a stale gate must not keep changing what the adapter answers
+    run_pipeline(config, train, out, status=messages.append)
+    assert not (out / "adapter" / GATE_FILE).exists()
+
+
 def test_cli_reports_a_missing_recipe_clearly(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "nope.yaml"), "--output-dir", str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -130,8 +130,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> TabRefresh:
         except ModelLoadError as exc:
             raise gr.Error(str(exc)) from exc
         sides = ctx.registry.sides()
+        gate = ctx.registry.gate(loaded_name)
+        gated = f" {gate.explain()}" if gate else ""
         return (gr.update(choices=sides), gr.update(choices=sides, value=loaded_name),
-                f"Loaded adapter **{_plain(loaded_name)}**; it is now the right side.")
+                f"Loaded adapter **{_plain(loaded_name)}**; it is now the right side.{gated}")
 
     # -- chatting with both sides --------------------------------------------------------------------------
 

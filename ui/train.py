@@ -547,8 +547,10 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
             loaded_name = ctx.registry.load_adapter(path, name=name)
         except (ModelLoadError, SettingsError) as exc:
             raise gr.Error(str(exc), title="Could not load the adapter") from exc
+        gate = ctx.registry.gate(loaded_name)
+        gated = f" {gate.explain()}" if gate else ""
         return (f"Loaded adapter **{loaded_name}** onto the base model. Pick `{loaded_name}` as the model side in the "
-                "Playground (press *Refresh model facts*) and the other tabs; no restart needed.")
+                f"Playground (press *Refresh model facts*) and the other tabs; no restart needed.{gated}")
 
     def load_current(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         status = ctx.training.status()

@@ -1,0 +1,276 @@
+"""A refusal gate: the base model's own linear probe decides which prompts the aligned adapter answers.
+
+Why (docs/OUTCOME.md): a linear probe on the *base* model's hidden state separates harmful from benign prompts far
+better than any adapter trained on the same prompts behaves, so the refusal is better decided by the probe. With a
+gate, each prompt is first read by the base model (adapter off); the probe of one layer scores the hidden state at
+the prompt's last position (where the first answer token is read from); a score above the threshold sends the
+prompt to the adapter, anything else is answered by the base model exactly as it would be without the adapter.
+Conditional activation steering (Lee et al., 2024) conditions a refusal on a direction of the hidden state the same
+way.
+
+The gate is a small JSON file, ``refusal_gate.json``, next to the adapter's ``adapter_config.json``, so every place
+that loads the adapter (evaluate, the app's tabs, a Space) routes through it; delete the file to use the adapter
+alone. The layer is chosen by cross-validated log-loss on the prompts the gate is fitted on, never on the
+evaluation prompts.
+
+Run: ``python -m alignment.gate --adapter runs/refusal-bundled-cpu/adapter --prompts
+runs/refusal-bundled-cpu/data/pairs.jsonl [--model bundled] [--layer N]`` (fits a gate on the prompts' ``label``
+harmful/benign and writes it into the adapter folder; about a minute on 2 cores for 1,000 prompts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+GATE_FILE = "refusal_gate.json"
+GATE_FORMAT = 1
+
+
+class GateError(ValueError):
+    """A gate file that cannot be used, or prompts a gate cannot be fitted on; the message says what to do."""
+
+
+@dataclass
+class RefusalGate:
+    """A logistic-regression probe on one layer of the base model: ``score > threshold`` routes to the adapter."""
+
+    layer: int  # 0 = embeddings, N = the output of decoder layer N
+    mean: list[float]
+    std: list[float]
+    weight: list[float]
+    bias: float
+    threshold: float = 0.0
+    fitted_on: dict[str, Any] = field(default_factory=dict)  # prompt counts and where they came from
+    layer_log_loss: dict[str, float] = field(default_factory=dict)  # cross-validated, per layer considered
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.mean), len(self.std), len(self.weight)}
+        if len(sizes) != 1 or not self.weight:
+            raise GateError(f"The gate's mean, std and weight must be vectors of one length; got {sorted(sizes)}.")
+        if self.layer < 0:
+            raise GateError(f"The gate's layer must be 0 or more, got {self.layer}.")
+        if not all(math.isfinite(x) for x in (*self.mean, *self.std, *self.weight, self.bias, self.threshold)):
+            raise GateError("The gate has a value that is not a finite number; fit it again.")
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.weight)
+
+    def scores(self, states: Any) -> Any:
+        """Scores of hidden states (n × hidden) at the gate's layer; above ``threshold`` means harmful."""
+        import torch
+
+        mean, std, weight = (torch.tensor(v, dtype=torch.float32) for v in (self.mean, self.std, self.weight))
+        return ((states.float().cpu() - mean) / std) @ weight + self.bias
+
+    def check_fits(self, model: Any, what: str = "this model") -> None:
+        config = getattr(model, "config", None)
+        hidden = getattr(config, "hidden_size", None)
+        layers = getattr(config, "num_hidden_layers", None)
+        if hidden is not None and hidden != self.hidden_size:
+            raise GateError(f"The refusal gate was fitted on a model with hidden size {self.hidden_size}, but {what} "
+                            f"has {hidden}: fit it again on this model (python -m alignment.gate).")
+        if layers is not None and self.layer > layers:
+            raise GateError(f"The refusal gate reads layer {self.layer}, but {what} has {layers} layers: fit it "
+                            "again on this model (python -m alignment.gate).")
+
+    def route(self, model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16) -> list[bool]:
+        """For chats already formatted with the generation prompt: True where the adapter should answer."""
+        with base_weights(model):
+            states = last_position_states(model, tokenizer, texts, batch_size=batch_size, layer=self.layer)
+        return [bool(s > self.threshold) for s in self.scores(states).tolist()]
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / GATE_FILE
+        data = {"format": GATE_FORMAT, **asdict(self)}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(path)  # a crash mid-write never leaves a half-written gate next to a good adapter
+        return path
+
+    def explain(self) -> str:
+        """One sentence for people loading the adapter: what the gate does to its answers."""
+        return (f"It has a refusal gate (layer {self.layer}): the adapter answers the prompts the gate flags as "
+                "harmful, the base model answers the rest.")
+
+    def summary(self) -> str:
+        fitted = self.fitted_on
+        counts = (f" on {fitted['harmful']} harmful and {fitted['benign']} benign prompts"
+                  if {"harmful", "benign"} <= fitted.keys() else "")
+        return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}"
+
+
+def load_gate(folder: str | Path) -> RefusalGate | None:
+    """The gate stored in an adapter folder, or None when it has none."""
+    path = Path(folder) / GATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.pop("format", None) != GATE_FORMAT:
+            raise GateError(f"unknown format (this version reads format {GATE_FORMAT})")
+        return RefusalGate(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise GateError(f"{path} is not a usable refusal gate ({exc}). Fit it again with python -m alignment.gate, "
+                        "or delete the file to use the adapter without a gate.") from exc
+
+
+def load_hub_gate(repo_id: str) -> RefusalGate | None:
+    """The gate of an adapter on the Hub, or None when the repository has none."""
+    import tempfile
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, GATE_FILE)
+    except EntryNotFoundError:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, GATE_FILE).write_bytes(Path(path).read_bytes())
+        return load_gate(folder)
+
+
+def base_weights(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """The base model's weights: a peft model's adapters switched off for the duration; other models as they are."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def last_position_states(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
+                         layer: int | None = None,
+                         on_progress: Callable[[int, int], None] | None = None) -> Any:
+    """Hidden states at the last token of each text: (n, layers + 1, hidden), or (n, hidden) for one ``layer``."""
+    import torch
+
+    device = next(model.parameters()).device
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths together: little padding
+    out = []
+    with torch.no_grad():  # not inference_mode: probes fitted on these states need autograd
+        for start in range(0, len(order), batch_size):
+            batch = [texts[i] for i in order[start:start + batch_size]]
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            hidden = model(**encoded, output_hidden_states=True).hidden_states
+            # Left padding (models.prepare_tokenizer): the last position is every text's last token.
+            if layer is None:
+                out.append(torch.stack([h[:, -1, :].float().cpu() for h in hidden], dim=1))
+            else:
+                out.append(hidden[layer][:, -1, :].float().cpu())
+            if on_progress:
+                on_progress(min(start + batch_size, len(texts)), len(texts))
+    states = torch.cat(out)
+    return states[torch.argsort(torch.tensor(order))]  # back to the order of ``texts``
+
+
+def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> float:
+    """Mean held-out log-loss of a probe over ``folds`` random folds."""
+    import torch
+
+    from alignment.probe import fit_probe
+
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    total = 0.0
+    for fold in order.chunk(folds):
+        train = order[~torch.isin(order, fold)]
+        scores = fit_probe(features[train], labels[train]).scores(features[fold])
+        total += float(torch.nn.functional.binary_cross_entropy_with_logits(scores, labels[fold], reduction="sum"))
+    return total / len(labels)
+
+
+def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,
+             folds: int = 5) -> RefusalGate:
+    """Fit a gate on hidden states (n, layers + 1, hidden) and labels (1 = harmful).
+
+    Without ``layer``, every decoder layer is scored by cross-validated log-loss on these prompts and the best
+    one is used: the choice never looks at evaluation prompts.
+    """
+    from alignment.probe import fit_probe
+
+    n_harmful = int(labels.sum())
+    if n_harmful < folds or len(labels) - n_harmful < folds:
+        raise GateError(f"A gate needs at least {folds} harmful and {folds} benign prompts to fit and choose a "
+                        f"layer; got {n_harmful} harmful and {len(labels) - n_harmful} benign.")
+    last = features.shape[1] - 1
+    losses: dict[str, float] = {}
+    if layer is None:
+        losses = {str(i): round(cross_validated_log_loss(features[:, i], labels, folds), 5)
+                  for i in range(1, last + 1)}
+        layer = int(min(losses, key=lambda key: losses[key]))
+    elif not 0 <= layer <= last:
+        raise GateError(f"Layer {layer} is not a layer of this model (0 to {last}).")
+    probe = fit_probe(features[:, layer], labels)
+    counts = {"harmful": n_harmful, "benign": len(labels) - n_harmful}
+    return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
+                       bias=float(probe.bias), fitted_on={**counts, **(fitted_on or {})}, layer_log_loss=losses)
+
+
+def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
+                        source: str = "", on_progress: Callable[[int, int], None] | None = None) -> RefusalGate:
+    """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``."""
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.generation import format_chat
+
+    labels = {case.get("label") for case in cases}
+    if not labels <= {"harmful", "benign"}:
+        raise GateError(f"Prompts must be labelled harmful or benign; found {sorted(map(str, labels))}.")
+    texts = [format_chat(loaded.tokenizer, as_chat(case["prompt"])) for case in cases]
+    with loaded.lock, base_weights(loaded.model):
+        states = last_position_states(loaded.model, loaded.tokenizer, texts, on_progress=on_progress)
+    targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
+    return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from alignment.models import LoadSettings, ModelLoadError, load_model
+    from alignment.redteam import SuiteError, load_prompts
+    from alignment.settings import SettingsError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", required=True, help="The adapter folder the gate is written into.")
+    parser.add_argument("--prompts", required=True,
+                        help="Prompts to fit on (JSONL with prompt and label harmful/benign), e.g. the run's "
+                        "data/pairs.jsonl. Not the evaluation prompts: the gate would be tuned on them.")
+    parser.add_argument("--model", default="bundled", help="The base model the adapter was trained on.")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="Layer to read (default: the best by cross-validated log-loss on --prompts).")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        print(f"error: {adapter} has no adapter_config.json: give the adapter/ folder of a training run.",
+              file=sys.stderr)
+        return 2
+    try:
+        cases = load_prompts(args.prompts)
+        loaded = load_model(LoadSettings(model=args.model, device=args.device, load_in_4bit=False))
+    except (SuiteError, ModelLoadError, SettingsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rgate: reading {done}/{total} prompts", end="" if done < total else "\n", file=sys.stderr,
+              flush=True)
+
+    try:
+        gate = fit_gate_on_prompts(loaded, cases, args.layer, source=args.prompts, on_progress=progress)
+    except GateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = gate.save(adapter)
+    print(f"{gate.summary()}; written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
