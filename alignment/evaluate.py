@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignment.generation import GenerationCancelled, SamplingSettings, generate
+from alignment.generation import GenerationCancelled, SamplingSettings, format_chat, generate, with_system
 from alignment.redteam import DEFAULT_LIMIT_PER_TEMPLATE, SuiteError, build_cases, load_prompts
 from alignment.registry import SideView
 from alignment.settings import SettingsError, validate_choice, validate_range
@@ -182,7 +182,8 @@ def evaluate(
     """Answer, judge and score ``cases``; returns ``{"summary", "capability", "diagnosis", "rows", "meta"}``.
 
     ``loaded`` is anything with .model/.tokenizer/.lock. ``adapter`` names a loaded peft adapter on
-    ``loaded.model``: then every case is answered twice (base with the adapter disabled, aligned with it on).
+    ``loaded.model``: then every case is answered twice (base with the adapter disabled, aligned with it on). A
+    gated adapter (alignment.gate) answers only the cases its gate flags; the others keep the base answer.
     ``judge`` is a judge object or a name for ``alignment.judge.load_judge`` (default: settings.judge).
     ``on_progress(done, total)`` counts answers generated plus references scored; ``should_stop()`` is checked
     between batches and raises GenerationCancelled.
@@ -216,20 +217,29 @@ def evaluate(
     chats = [as_chat(c["prompt"]) for c in cases]
     answers: dict[str, list[str]] = {}
     loglik: dict[str, list[float]] = {}
-    routed: list[bool | None] = [None] * len(cases)
-    # A gated adapter (a registry side's gate, or one attach_adapter read) answers through its gate: the base
-    # weights answer what the gate does not flag. The base side never goes through it.
+    routed: list[bool] = []
+    # A gated adapter (a registry side's gate, or one attach_adapter read) answers through its gate: the adapter
+    # answers what the gate flags; what it does not flag gets the base weights' answer, which the base side has
+    # just given with the same settings, so it is not generated twice.
     gate = (getattr(loaded, "gate", None) or getattr(loaded, "gates", {}).get(adapter)) if adapter else None
     lock = getattr(loaded, "lock", None) or nullcontext()
     with lock:
         for side in sides:
             with _adapter_context(loaded.model, side == "aligned", adapter):
-                target = SideView(loaded.model, loaded.tokenizer, side, gate=gate if side == "aligned" else None)
-                generations = generate(target, chats, settings.sampling(), batch_size=settings.batch_size,
-                                       on_progress=batch_progress(done), should_stop=should_stop)
-                answers[side] = [g[0].text if g else "" for g in generations]
+                target = SideView(loaded.model, loaded.tokenizer, side)  # the weights as set, never gated here
+                todo = list(range(len(chats)))
                 if side == "aligned" and gate is not None:
-                    routed = [g[0].routed if g else None for g in generations]
+                    sampling = settings.sampling()
+                    texts = [format_chat(loaded.tokenizer, with_system(c, sampling.system_prompt)) for c in chats]
+                    routed = gate.route(loaded.model, loaded.tokenizer, texts, batch_size=settings.batch_size)
+                    todo = [i for i, flagged in enumerate(routed) if flagged]
+                    bump(len(chats) - len(todo))
+                generations = generate(target, [chats[i] for i in todo], settings.sampling(),
+                                       batch_size=settings.batch_size, on_progress=batch_progress(done),
+                                       should_stop=should_stop)
+                answers[side] = list(answers.get("base", [""] * len(chats)))
+                for i, g in zip(todo, generations, strict=True):
+                    answers[side][i] = g[0].text if g else ""
                 if references:
                     loglik[side] = reference_loglik(
                         loaded, [(as_chat(c["prompt"]), c["reference"]) for c in references],
@@ -245,7 +255,7 @@ def evaluate(
             v = verdicts[side][i]
             row[side] = {"response": answers[side][i], "refused": bool(v.refused), "kind": v.kind,
                          "score": float(v.score), "reason": v.reason}
-        if gate is not None:
+        if routed:
             row["aligned"]["routed"] = routed[i]  # True: the adapter answered; False: the gate left it to the base
         rows.append(row)
     capability: dict[str, Any] = {"n_references": len(references)}
@@ -268,7 +278,7 @@ def evaluate(
         "rows": rows,
         "meta": {"adapter": adapter, "settings": asdict(settings), "judge": getattr(judge, "name", str(judge)),
                  "cases": len(cases), "seconds": round(time.perf_counter() - started, 1),
-                 "gate": ({"layer": gate.layer, "threshold": gate.threshold, "routed": sum(map(bool, routed))}
+                 "gate": ({"layer": gate.layer, "threshold": gate.threshold, "routed": sum(routed)}
                           if gate is not None else None)},
     }
 

@@ -73,6 +73,7 @@ class Generation:
     tokens: int
     finished: bool  # True when the model stopped at EOS rather than at max_new_tokens
     routed: bool | None = None  # with a refusal gate: True = the adapter answered, False = the base weights
+    prompt_state: Any = None  # with keep_prompt_states: every layer's hidden state at the prompt's last token
 
 
 def _unwrap(loaded: Any) -> tuple[Any, Any, Any]:
@@ -116,6 +117,7 @@ def generate(
     batch_size: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    keep_prompt_states: bool = False,
 ) -> list[list[Generation]]:
     """Generate ``n`` responses for each chat. Returns one list of ``n`` Generations per chat, in input order.
 
@@ -123,6 +125,8 @@ def generate(
     total)`` is called after every batch; ``should_stop()`` is checked between batches. When ``loaded`` carries a
     refusal ``gate`` (alignment.gate; a registry side of a gated adapter does), the gate routes each chat: the
     adapter answers the ones it flags, the base weights the others, and each Generation says which (``routed``).
+    ``keep_prompt_states`` keeps each prompt's hidden states at its last token, every layer, from the pass that
+    reads the prompt anyway (``prompt_state``, float16 on the CPU: what a refusal gate is fitted on).
     """
     import torch
 
@@ -151,15 +155,20 @@ def generate(
             enc = tokenizer([texts[i] for i in batch_idx], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             out = model.generate(**enc, **settings.generate_kwargs(), num_return_sequences=n,
-                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id)
-            for row, seq in enumerate(out[:, enc["input_ids"].shape[1]:]):
+                                 eos_token_id=list(eos_ids), pad_token_id=tokenizer.pad_token_id,
+                                 output_hidden_states=keep_prompt_states, return_dict_in_generate=True)
+            # The first step read the whole (left-padded) prompt: its last position is every prompt's last token.
+            states = (torch.stack([layer[:, -1, :] for layer in out.hidden_states[0]], dim=1).half().cpu()
+                      if keep_prompt_states else None)
+            for row, seq in enumerate(out.sequences[:, enc["input_ids"].shape[1]:]):
                 ids = seq.tolist()
                 eos_at = next((pos for pos, tok in enumerate(ids) if tok in eos_ids), None)
                 count = len(ids) if eos_at is None else eos_at + 1
                 text = tokenizer.decode(ids[:count], skip_special_tokens=True).strip()
                 chat_i = batch_idx[row // n]
                 results[chat_i] = (results[chat_i] or []) + [
-                    Generation(text=text, tokens=count, finished=eos_at is not None, routed=routed)]
+                    Generation(text=text, tokens=count, finished=eos_at is not None, routed=routed,
+                               prompt_state=states[row] if states is not None else None)]
             done += len(batch_idx)
             if on_progress:
                 on_progress(done, len(texts))
@@ -169,9 +178,9 @@ def generate(
         if gate is None:
             run(list(range(len(texts))), None)
         else:
-            flags = gate.route(model, tokenizer, texts, batch_size=max(1, batch_size))
             from alignment.gate import base_weights
 
+            flags = gate.route(model, tokenizer, texts, batch_size=max(1, batch_size))
             with base_weights(model):
                 run([i for i, flagged in enumerate(flags) if not flagged], False)
             run([i for i, flagged in enumerate(flags) if flagged], True)
@@ -183,8 +192,8 @@ def stream_chat(loaded: Any, chat: Chat, settings: SamplingSettings | None = Non
     """Yield the growing response text for one chat as tokens arrive.
 
     The generating thread holds the model's lock (or enters ``hold()``, which yields an object with ``.model``,
-    e.g. a registry side, and ``.gate`` when a refusal gate routes the chat) for the generation only. A reader that stops reading, such as a browser that went
-    away mid-stream, therefore never keeps the model locked.
+    e.g. a registry side, and ``.gate`` when a refusal gate routes the chat) for the generation only. A reader
+    that stops reading, such as a browser that went away mid-stream, therefore never keeps the model locked.
     """
     from transformers import TextIteratorStreamer
 

@@ -337,9 +337,14 @@ def whole_answer(generations: Sequence[Any]) -> str:
     return first.text if first.finished else trim_to_sentence(first.text)
 
 
-def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
+def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, gate_states: Path | None = None
                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Generate the base model's answers greedily and turn them into pairs."""
+    """Generate the base model's answers greedily and turn them into pairs.
+
+    With ``gate_states``, every training prompt's hidden states at its last token (all layers, harmful prompts
+    first, as ``gate_prompt_rows`` lists them) are saved there for the gate stage: the answering pass reads
+    every prompt anyway, so the gate costs no second pass over them.
+    """
     from alignment.evaluate import ProgressPrinter, as_chat
     from alignment.generation import SamplingSettings, generate
 
@@ -352,7 +357,9 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
     settings = SamplingSettings(do_sample=False, max_new_tokens=config.answer_tokens, seed=config.seed)
     with loaded.lock:
         generations = generate(loaded, chats, settings, batch_size=config.batch_size,
-                               on_progress=ProgressPrinter("data"))
+                               on_progress=ProgressPrinter("data"), keep_prompt_states=gate_states is not None)
+    if gate_states is not None:
+        save_prompt_states(loaded, harmful, benign, to_answer, generations, gate_states)
     texts = [g[0].text if g else "" for g in generations]
     harmful_answers = texts[:len(harmful)]
     # A helpful answer cut off at answer_tokens becomes a chosen side that ends (with the end-of-turn token)
@@ -362,6 +369,34 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status
     benign_answers = [by_id.get(b["id"]) for b in benign]
     return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
                       benign_refusal=config.benign_refusal)
+
+
+def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gate's training prompts: every training prompt labelled by what it asks for, harmful ones first."""
+    return [{"prompt": item["prompt"], "label": label, "category": item.get("category")}
+            for label, items in (("harmful", harmful), ("benign", benign)) for item in items]
+
+
+def save_prompt_states(loaded: Any, harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]],
+                       answered: Sequence[dict[str, Any]], generations: Sequence[Sequence[Any]], path: Path) -> None:
+    """Save the states of ``gate_prompt_rows`` in its order: those the answering pass kept, and for benign prompts
+    with a written reference (not answered) one forward pass of their own."""
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.gate import base_weights, last_position_states
+    from alignment.generation import format_chat
+
+    kept = [g[0].prompt_state for g in generations]
+    states = dict(zip([id(item) for item in [*harmful, *answered]], kept, strict=True))
+    missing = [item for item in benign if id(item) not in states]
+    if missing:
+        texts = [format_chat(loaded.tokenizer, as_chat(item["prompt"])) for item in missing]
+        with loaded.lock, base_weights(loaded.model):
+            extra = last_position_states(loaded.model, loaded.tokenizer, texts).half()
+        states.update(zip([id(item) for item in missing], extra, strict=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.stack([states[id(item)] for item in [*harmful, *benign]]), path)
 
 
 # --------------------------------------------------------------------------------------------- refine
@@ -522,9 +557,19 @@ def markdown(outcome: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str
     from alignment.evaluate import _quote, last_user_text
 
     lines = ["# Outcome: bundled model aligned on CPU", ""]
+    gate = outcome.get("gate")
+    if gate:
+        fitted = gate.get("fitted_on", {})
+        lines += [f"The adapter has a refusal gate (alignment.gate): a probe on the base model's layer {gate['layer']}, "
+                  f"fitted on {fitted.get('harmful')} harmful and {fitted.get('benign')} benign training prompts. The "
+                  "aligned side answers through it: the adapter answers what it flags, the base model the rest.", ""]
     for name, ev in outcome["evaluations"].items():
         s = ev["summary"]
-        lines += [f"## {name} ({ev['cases']} cases)", "", "| metric | base | aligned |", "|---|---|---|"]
+        lines += [f"## {name} ({ev['cases']} cases)", ""]
+        routed = (reports[name].get("meta") or {}).get("gate")
+        if routed:
+            lines += [f"The gate sent {routed['routed']} of {ev['cases']} prompts to the adapter.", ""]
+        lines += ["| metric | base | aligned |", "|---|---|---|"]
         for key in ("harmful_compliance", "jailbreak_resistance", "false_refusal_plain", "false_refusal_risky",
                     "completion"):
             lines.append(f"| {key} | {_rate_text(s, key, 'base')} | {_rate_text(s, key, 'aligned')} |")
@@ -565,6 +610,10 @@ class Paths:
     @property
     def gate_prompts(self) -> Path:
         return self.root / "data" / "gate_prompts.jsonl"
+
+    @property
+    def gate_states(self) -> Path:
+        return self.root / "data" / "gate_states.pt"
 
     @property
     def stats(self) -> Path:
@@ -635,8 +684,10 @@ def _train_stage(train_config: Any, info_path: Path, label: str, status: Status)
 def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],
                 status: Status) -> dict[str, Any] | None:
     """Fit the refusal gate into the adapter folder unless it is there; return what it is (None: no gate)."""
+    import torch
+
     from alignment.evaluate import ProgressPrinter
-    from alignment.gate import GATE_FILE, fit_gate_on_prompts
+    from alignment.gate import GATE_FILE, fit_gate, fit_gate_on_prompts
     from alignment.redteam import load_prompts
     from alignment.refusal_data import write_jsonl
 
@@ -653,14 +704,19 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     # Every training prompt by what it asks for, not only those that became pairs: a harmful prompt the base
     # model already refuses is still one the gate should flag. Written out so `python -m alignment.gate` can
     # refit the same gate.
-    harmful, benign = training_prompts(config)
-    write_jsonl([{"prompt": item["prompt"], "label": label, "category": item.get("category")}
-                 for label, items in (("harmful", harmful), ("benign", benign)) for item in items], paths.gate_prompts)
-    cases = load_prompts(str(paths.gate_prompts))
-    status(f"{stage('gate')}: reading {len(cases)} training prompts with the base model")
     started = time.perf_counter()
-    gate = fit_gate_on_prompts(model(), cases, config.gate_layer or None, source=str(paths.gate_prompts),
-                               on_progress=ProgressPrinter("gate"))
+    write_jsonl(gate_prompt_rows(*training_prompts(config)), paths.gate_prompts)
+    cases = load_prompts(str(paths.gate_prompts))
+    states = torch.load(paths.gate_states) if paths.gate_states.is_file() else None
+    if states is not None and len(states) == len(cases):
+        status(f"{stage('gate')}: fitting on the {len(cases)} training prompts' states kept by the data stage")
+        labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
+        gate = fit_gate(states.float(), labels, config.gate_layer or None,
+                        fitted_on={"source": str(paths.gate_prompts)})
+    else:
+        status(f"{stage('gate')}: reading {len(cases)} training prompts with the base model")
+        gate = fit_gate_on_prompts(model(), cases, config.gate_layer or None, source=str(paths.gate_prompts),
+                                   on_progress=ProgressPrinter("gate"))
     gate.save(paths.adapter)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -710,7 +766,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         stats = json.loads(paths.stats.read_text())
     else:
         status(f"{stage('data')}: building preference pairs from the train split")
-        pairs, stats = build_data(model(), config, judge, status)
+        pairs, stats = build_data(model(), config, judge, status, paths.gate_states if config.gate else None)
         if not pairs:
             raise OutcomeError("No preference pairs could be built: the base model refused every harmful prompt "
                                "and no benign prompt had a helpful answer. Add prompts in the recipe.")

@@ -124,10 +124,15 @@ def test_evaluate_routes_the_aligned_side_through_the_gate_and_says_so(tiny_mode
                                                                        capability=False))
     assert [row["aligned"]["routed"] for row in report["rows"]] == flags
     assert report["meta"]["gate"] == {"layer": 1, "threshold": gate.threshold, "routed": sum(flags)}
-    for row, flagged in zip(report["rows"], flags, strict=True):
-        if not flagged:
-            assert row["aligned"]["response"] == row["base"]["response"]
+    loaded.gates.pop(name)  # the same adapter without its gate answers every case itself
+    ungated = evaluate(loaded, cases, adapter=name, settings=EvalSettings(max_new_tokens=8, batch_size=1,
+                                                                        capability=False))
+    assert ungated["meta"]["gate"] is None and "routed" not in ungated["rows"][0]["aligned"]
+    for row, alone, flagged in zip(report["rows"], ungated["rows"], flags, strict=True):
+        expected = alone["aligned"] if flagged else row["base"]
+        assert row["aligned"]["response"] == expected["response"]
     assert any(row["aligned"]["response"] != row["base"]["response"] for row in report["rows"])
+    loaded.gates[name] = gate
 
     # The red-team tab evaluates on a registry side: the same routing, and the base side is never gated.
     registry = ModelRegistry(LoadSettings(model=str(tiny_model_dir), device="cpu"))
@@ -144,6 +149,16 @@ def test_evaluate_routes_the_aligned_side_through_the_gate_and_says_so(tiny_mode
     (adapter / GATE_FILE).write_text("[]", encoding="utf-8")
     with pytest.raises(EvaluationError, match="refusal gate"):
         attach_adapter(other, adapter)
+
+
+def test_the_answering_pass_keeps_the_states_a_gate_is_fitted_on(tiny_loaded):
+    texts = [format_chat(tiny_loaded.tokenizer, chat) for chat in CHATS]
+    alone = last_position_states(tiny_loaded.model, tiny_loaded.tokenizer, texts)
+    answered = generate(tiny_loaded, CHATS, GREEDY, batch_size=4, keep_prompt_states=True)
+    kept = torch.stack([g[0].prompt_state for g in answered]).float()
+    assert kept.shape == alone.shape == (len(CHATS), 3, 32)  # embeddings + 2 layers of the tiny model
+    assert torch.allclose(kept, alone, atol=2e-2, rtol=1e-2)
+    assert generate(tiny_loaded, CHATS[:1], GREEDY)[0][0].prompt_state is None
 
 
 def test_cli_fits_a_gate_into_the_adapter_folder(tiny_model_dir, tmp_path, capsys):

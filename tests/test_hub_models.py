@@ -100,3 +100,34 @@ def test_hub_down_is_unreachable(hub, adapter_dir):
         push_adapter(adapter_dir, REPO, token=WRITE)
     assert caught.value.kind == "unreachable"
     assert WRITE not in str(caught.value)
+
+
+def test_an_adapter_loaded_from_the_hub_brings_its_refusal_gate(hub, adapter_dir, tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as hub_constants
+    import huggingface_hub.hf_api
+
+    from alignment.gate import RefusalGate
+    from alignment.models import LoadSettings
+    from alignment.registry import ModelRegistry
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    # Downloads build their URLs from constants read at import; a user sets HF_ENDPOINT before starting.
+    monkeypatch.setattr(hub_constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub.endpoint)  # peft calls file_exists
+    gated = tmp_path / "gated" / "adapter"
+    shutil.copytree(adapter_dir, gated)
+    gate = RefusalGate(layer=1, mean=[0.0] * 32, std=[1.0] * 32, weight=[0.1] * 32, bias=0.0,
+                       fitted_on={"harmful": 5, "benign": 5})
+    gate.save(gated)
+    push_adapter(gated, REPO, token=WRITE, private=False)
+    push_adapter(adapter_dir, "alice/plain-lora", token=WRITE, private=False)
+    assert "refusal_gate.json" in hub.files(REPO, repo_type="model")
+
+    registry = ModelRegistry(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    assert registry.gate(registry.load_adapter(REPO)) == gate
+    assert registry.gate(registry.load_adapter("alice/plain-lora")) is None

@@ -267,10 +267,25 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     harmful, benign = training_prompts(config)
     assert outcome["gate"]["fitted_on"] == {"harmful": len(harmful), "benign": len(benign),
                                             "source": str(out / "data" / "gate_prompts.jsonl")}
-    assert any(m.startswith("[3/5] gate") for m in messages) and "gate" in outcome["timings_s"]
+    assert any(m.startswith("[3/5] gate: fitting on the") for m in messages) and "gate" in outcome["timings_s"]
+    # The data stage kept every training prompt's states: the ones a fresh read of the prompts gives.
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.gate import last_position_states
+    from alignment.generation import format_chat
+    from alignment.models import LoadSettings, load_model
+
+    loaded = load_model(LoadSettings(model=config.model, device="cpu"))
+    prompts = load_prompts(out / "data" / "gate_prompts.jsonl")
+    fresh = last_position_states(loaded.model, loaded.tokenizer,
+                                 [format_chat(loaded.tokenizer, as_chat(p["prompt"])) for p in prompts])
+    assert torch.allclose(torch.load(out / "data" / "gate_states.pt").float(), fresh, atol=2e-2, rtol=1e-2)
     independent = json.loads((out / "eval_independent.json").read_text())
     assert independent["meta"]["gate"]["layer"] == gate.layer
     assert all(isinstance(row["aligned"]["routed"], bool) for row in independent["rows"])
+    routed = independent["meta"]["gate"]["routed"]
+    assert f"The gate sent {routed} of 3 prompts to the adapter." in (out / "report.md").read_text()
 
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
