@@ -423,9 +423,7 @@ def attach_adapter(loaded: Any, path: str | Path, name: str = "aligned") -> str:
     if not (path / "adapter_config.json").is_file():
         raise EvaluationError(f"{path} has no adapter_config.json, so it is not a peft adapter folder.")
     try:
-        gate = load_gate(path)
-        if gate is not None:
-            gate.check_fits(loaded.model, repr(getattr(loaded, "name", "this model")))
+        gate = load_gate(path, loaded.model, repr(getattr(loaded, "name", "this model")))
     except GateError as exc:
         raise EvaluationError(str(exc)) from exc
     from peft import PeftModel

@@ -107,8 +107,8 @@ class RefusalGate:
         return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}"
 
 
-def load_gate(folder: str | Path) -> RefusalGate | None:
-    """The gate stored in an adapter folder, or None when it has none."""
+def load_gate(folder: str | Path, model: Any = None, model_name: str = "this model") -> RefusalGate | None:
+    """The gate stored in an adapter folder, or None when it has none; with ``model``, also checked to fit it."""
     path = Path(folder) / GATE_FILE
     if not path.is_file():
         return None
@@ -116,26 +116,25 @@ def load_gate(folder: str | Path) -> RefusalGate | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.pop("format", None) != GATE_FORMAT:
             raise GateError(f"unknown format (this version reads format {GATE_FORMAT})")
-        return RefusalGate(**data)
+        gate = RefusalGate(**data)
     except (OSError, ValueError, TypeError) as exc:
         raise GateError(f"{path} is not a usable refusal gate ({exc}). Fit it again with python -m alignment.gate, "
                         "or delete the file to use the adapter without a gate.") from exc
+    if model is not None:
+        gate.check_fits(model, model_name)
+    return gate
 
 
-def load_hub_gate(repo_id: str) -> RefusalGate | None:
-    """The gate of an adapter on the Hub, or None when the repository has none."""
-    import tempfile
-
+def load_hub_gate(repo_id: str, model: Any = None, model_name: str = "this model") -> RefusalGate | None:
+    """The gate of an adapter on the Hub, or None when the repository has none (checked like ``load_gate``)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        path = hf_hub_download(repo_id, GATE_FILE)
+        path = Path(hf_hub_download(repo_id, GATE_FILE))
     except EntryNotFoundError:
         return None
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, GATE_FILE).write_bytes(Path(path).read_bytes())
-        return load_gate(folder)
+    return load_gate(path.parent, model, model_name)
 
 
 def base_weights(model: Any) -> contextlib.AbstractContextManager[Any]:

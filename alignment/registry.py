@@ -94,9 +94,7 @@ class ModelRegistry:
         loaded = self.loaded
         try:
             # Read before the adapter goes onto the weights, so a bad gate file leaves the registry as it was.
-            gate = load_gate(local) if local.exists() else None
-            if gate is not None:
-                gate.check_fits(loaded.model, loaded.name)
+            gate = load_gate(local, loaded.model, loaded.name) if local.exists() else None
         except GateError as exc:
             raise ModelLoadError(str(exc)) from exc
         name = name or (local.parent.name if local.name == "adapter" else local.name) or "aligned"
@@ -119,9 +117,7 @@ class ModelRegistry:
             loaded.model.eval()
             if not local.exists():
                 try:
-                    gate = load_hub_gate(path)
-                    if gate is not None:
-                        gate.check_fits(loaded.model, loaded.name)
+                    gate = load_hub_gate(path, loaded.model, loaded.name)
                 except Exception as exc:  # the Hub client raises many kinds; the adapter must not stay half-loaded
                     with contextlib.suppress(Exception):
                         loaded.model.delete_adapter(name)
