@@ -58,6 +58,8 @@ class RefusalGate:
             raise GateError(f"The gate's layer must be 0 or more, got {self.layer}.")
         if not all(math.isfinite(x) for x in (*self.mean, *self.std, *self.weight, self.bias, self.threshold)):
             raise GateError("The gate has a value that is not a finite number; fit it again.")
+        if any(x <= 0 for x in self.std):
+            raise GateError("The gate's std must be positive everywhere (features are divided by it); fit it again.")
 
     @property
     def hidden_size(self) -> int:

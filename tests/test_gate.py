@@ -54,6 +54,8 @@ def test_a_gate_survives_saving_and_a_bad_file_says_what_to_do(tmp_path):
         load_gate(tmp_path)
     with pytest.raises(GateError, match="one length"):
         RefusalGate(layer=1, mean=[0.0], std=[1.0, 1.0], weight=[1.0], bias=0.0)
+    with pytest.raises(GateError, match="std must be positive"):
+        RefusalGate(layer=1, mean=[0.0], std=[0.0], weight=[1.0], bias=0.0)
     with pytest.raises(GateError, match="finite"):
         RefusalGate(layer=1, mean=[0.0], std=[1.0], weight=[float("nan")], bias=0.0)
 
