@@ -126,3 +126,17 @@ def test_compare_tab_end_to_end(running) -> None:
     lines = Path(eve.predict("jsonl", api_name="/compare_export")).read_text(encoding="utf-8").splitlines()
     kinds = [json.loads(line)["kind"] for line in lines]
     assert kinds == ["typed", "harmful", *["benign"] * len(benign)]
+
+
+def test_loading_a_gated_adapter_says_what_its_gate_does(running, tmp_path) -> None:
+    import shutil
+
+    from alignment.gate import RefusalGate
+
+    app, _, adapter = running
+    gated = tmp_path / "gated"
+    shutil.copytree(adapter, gated)
+    RefusalGate(layer=1, mean=[0.0] * 32, std=[1.0] * 32, weight=[0.1] * 32, bias=0.0).save(gated)
+    _, right, status = client(app, "admin", "pw1").predict(str(gated), "", api_name="/compare_load_adapter")
+    assert right["value"] == "gated"
+    assert "refusal gate (layer 1)" in status and "the base model answers the rest" in status
