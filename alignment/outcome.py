@@ -616,6 +616,10 @@ class Paths:
         return self.root / "data" / "gate_states.pt"
 
     @property
+    def gate_info(self) -> Path:
+        return self.root / "gate.json"
+
+    @property
     def stats(self) -> Path:
         return self.root / "data" / "stats.json"
 
@@ -697,7 +701,7 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
             status(f"gate: off in the settings, removing {path} (from an earlier run with the gate on)")
             path.unlink()
         return None
-    info_path = paths.root / "gate.json"
+    info_path = paths.gate_info
     if path.is_file() and info_path.is_file():
         status(f"{stage('gate')}: reusing {path}")
         return json.loads(info_path.read_text())
