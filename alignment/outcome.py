@@ -109,6 +109,12 @@ class OutcomeConfig:
         default=False, metadata={"help": "After training, fit a refusal gate on the base model's hidden states of "
                                  "the training prompts (alignment.gate) and store it with the adapter: the adapter "
                                  "then answers only the prompts the gate flags, the base model the rest."})
+    gate_prompts: str = field(
+        default="labeling", metadata={"help": "Prompts the gate is fitted on, each labelled by what it asks for: "
+                                      "'training' (the prompts of the pairs: the recipe's sample of each source) "
+                                      "or 'labeling' (those, and every other prompt of the labeling sets the "
+                                      "recipe draws from, after the same overlap filter; the red-team train split "
+                                      "stays at its sample, a few behaviours in many wordings)."})
     gate_layer: int = field(
         default=0, metadata={"help": "Layer the gate reads; 0 chooses it by cross-validated log-loss on the "
                              "training prompts (never on the evaluation prompts)."})
@@ -124,6 +130,7 @@ class OutcomeConfig:
         for name in ("answer_tokens", "batch_size", "eval_max_new_tokens", "heldout_per_template"):
             validate_range(name, getattr(self, name), 1, 100000)
         validate_choice("benign_refusal", self.benign_refusal, ("topical", "generic"))
+        validate_choice("gate_prompts", self.gate_prompts, ("labeling", "training"))
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         for name in ("refine_steps", "refine_tokens", "refine_repeat"):
@@ -173,11 +180,18 @@ def build_train_config(train: dict[str, Any], config: OutcomeConfig, dataset: Pa
 # ----------------------------------------------------------------------------------------------- data
 
 
-def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Harmful and benign training prompts (never the held-out split, never outcome_eval.jsonl)."""
+def training_prompts(config: OutcomeConfig, all_labeling: bool = False
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Harmful and benign training prompts (never the held-out split, never outcome_eval.jsonl).
+
+    ``all_labeling`` takes every prompt of each labeling set the recipe draws from (a set at 0 stays off) instead
+    of the recipe's sample of it: the refusal gate's fitting set with ``gate_prompts: labeling``."""
     from alignment.evaluate import last_user_text
     from alignment.redteam import build_cases
     from labeling.prompt_sets import load_set
+
+    def limit(count: int) -> int | None:
+        return None if all_labeling else count
 
     harmful: list[dict[str, Any]] = []
     if config.harmful_per_template:
@@ -185,14 +199,14 @@ def training_prompts(config: OutcomeConfig) -> tuple[list[dict[str, Any]], list[
                                 seed=config.seed):
             harmful.append({"id": case["id"], "prompt": case["prompt"], "category": case["category"],
                             "template": case["template"], "behaviour": case.get("behaviour"), "source": "redteam"})
-    for i, record in enumerate(load_set("harmful", limit=config.harmful_labeling, seed=config.seed)
+    for i, record in enumerate(load_set("harmful", limit=limit(config.harmful_labeling), seed=config.seed)
                                if config.harmful_labeling else []):
         harmful.append({"id": f"labeling-harmful-{i}", "prompt": record.messages, "category": record.category,
                         "template": None, "source": "labeling"})
     benign: list[dict[str, Any]] = []
-    for set_name, limit, risky in (("benign", config.benign_labeling, False),
+    for set_name, count, risky in (("benign", config.benign_labeling, False),
                                    ("risky_benign", config.risky_labeling, True)):
-        for i, record in enumerate(load_set(set_name, limit=limit, seed=config.seed) if limit else []):
+        for i, record in enumerate(load_set(set_name, limit=limit(count), seed=config.seed) if count else []):
             benign.append({"id": f"labeling-{set_name}-{i}", "prompt": record.messages,
                            "category": record.category, "risky": risky, "reference": None, "source": "labeling"})
     if config.benign_redteam:
@@ -341,9 +355,9 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, g
                ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Generate the base model's answers greedily and turn them into pairs.
 
-    With ``gate_states``, every training prompt's hidden states at its last token (all layers, harmful prompts
-    first, as ``gate_prompt_rows`` lists them) are saved there for the gate stage: the answering pass reads
-    every prompt anyway, so the gate costs no second pass over them.
+    With ``gate_states``, the hidden states at the last token (all layers) of every prompt answered here are
+    saved there for the gate stage (``save_prompt_states``): the answering pass reads them anyway, so the gate
+    needs a pass of its own only over the prompts it is fitted on that were not answered.
     """
     from alignment.evaluate import ProgressPrinter, as_chat
     from alignment.generation import SamplingSettings, generate
@@ -359,7 +373,7 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, g
         generations = generate(loaded, chats, settings, batch_size=config.batch_size,
                                on_progress=ProgressPrinter("data"), keep_prompt_states=gate_states is not None)
     if gate_states is not None:
-        save_prompt_states(loaded, harmful, benign, to_answer, generations, gate_states)
+        save_prompt_states(loaded, [item["prompt"] for item in [*harmful, *to_answer]], generations, gate_states)
     texts = [g[0].text if g else "" for g in generations]
     harmful_answers = texts[:len(harmful)]
     # A helpful answer cut off at answer_tokens becomes a chosen side that ends (with the end-of-turn token)
@@ -377,26 +391,40 @@ def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[st
             for label, items in (("harmful", harmful), ("benign", benign)) for item in items]
 
 
-def save_prompt_states(loaded: Any, harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]],
-                       answered: Sequence[dict[str, Any]], generations: Sequence[Sequence[Any]], path: Path) -> None:
-    """Save the states of ``gate_prompt_rows`` in its order: those the answering pass kept, and for benign prompts
-    with a written reference (not answered) one forward pass of their own."""
+def save_prompt_states(loaded: Any, prompts: Sequence[Any], generations: Sequence[Sequence[Any]], path: Path
+                       ) -> None:
+    """Save the hidden states the answering pass kept for each prompt, keyed by its chat-formatted text, so the
+    gate stage finds them whichever prompts it is fitted on."""
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.generation import format_chat
+
+    texts = [format_chat(loaded.tokenizer, as_chat(prompt)) for prompt in prompts]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"texts": texts, "states": torch.stack([g[0].prompt_state for g in generations])}, path)
+
+
+def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> Any:
+    """The base model's hidden states (all layers) at each prompt's last token: those the data stage kept in
+    ``kept``, and one forward pass, adapters off, for the rest."""
     import torch
 
     from alignment.evaluate import as_chat
     from alignment.gate import base_weights, last_position_states
     from alignment.generation import format_chat
 
-    kept = [g[0].prompt_state for g in generations]
-    states = dict(zip([id(item) for item in [*harmful, *answered]], kept, strict=True))
-    missing = [item for item in benign if id(item) not in states]
+    texts = [format_chat(loaded.tokenizer, as_chat(prompt)) for prompt in prompts]
+    saved = torch.load(kept) if kept is not None and kept.is_file() else {}
+    # A file from before states were keyed by text is a bare tensor: read every prompt again.
+    found = dict(zip(saved["texts"], saved["states"], strict=True)) if isinstance(saved, dict) else {}
+    missing = sorted({text for text in texts if text not in found})
     if missing:
-        texts = [format_chat(loaded.tokenizer, as_chat(item["prompt"])) for item in missing]
         with loaded.lock, base_weights(loaded.model):
-            extra = last_position_states(loaded.model, loaded.tokenizer, texts).half()
-        states.update(zip([id(item) for item in missing], extra, strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(torch.stack([states[id(item)] for item in [*harmful, *benign]]), path)
+            read = last_position_states(loaded.model, loaded.tokenizer, missing, on_progress=on_progress)
+        found.update(zip(missing, read.half(), strict=True))
+    return torch.stack([found[text] for text in texts]).float()
 
 
 # --------------------------------------------------------------------------------------------- refine
@@ -685,13 +713,22 @@ def _train_stage(train_config: Any, info_path: Path, label: str, status: Status)
     return info
 
 
+def _drop_evaluations(paths: Paths, status: Status) -> None:
+    """Delete evaluation reports made through an earlier gate (or none), so the evaluate stage redoes them."""
+    stale = sorted(paths.root.glob("eval_*.*"))
+    for path in stale:
+        path.unlink()
+    if stale:
+        status(f"gate: changed, so the {len(stale)} evaluation files made before it will be redone")
+
+
 def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],
                 status: Status) -> dict[str, Any] | None:
     """Fit the refusal gate into the adapter folder unless it is there; return what it is (None: no gate)."""
     import torch
 
     from alignment.evaluate import ProgressPrinter
-    from alignment.gate import GATE_FILE, fit_gate, fit_gate_on_prompts
+    from alignment.gate import GATE_FILE, fit_gate
     from alignment.redteam import load_prompts
     from alignment.refusal_data import write_jsonl
 
@@ -700,28 +737,27 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
         if path.is_file():
             status(f"gate: off in the settings, removing {path} (from an earlier run with the gate on)")
             path.unlink()
+            _drop_evaluations(paths, status)
         return None
     info_path = paths.gate_info
     if path.is_file() and info_path.is_file():
         status(f"{stage('gate')}: reusing {path}")
         return json.loads(info_path.read_text())
-    # Every training prompt by what it asks for, not only those that became pairs: a harmful prompt the base
-    # model already refuses is still one the gate should flag. Written out so `python -m alignment.gate` can
-    # refit the same gate.
+    # Every prompt by what it asks for, not only those that became pairs: a harmful prompt the base model already
+    # refuses is still one the gate should flag, and with `gate_prompts: labeling` the labeling prompts the recipe
+    # did not sample show it benign requests in the harmful ones' wording ("Create a task to..."). Written out
+    # so `python -m alignment.gate` can refit the same gate.
     started = time.perf_counter()
-    write_jsonl(gate_prompt_rows(*training_prompts(config)), paths.gate_prompts)
+    write_jsonl(gate_prompt_rows(*training_prompts(config, all_labeling=config.gate_prompts == "labeling")),
+                paths.gate_prompts)
     cases = load_prompts(str(paths.gate_prompts))
-    states = torch.load(paths.gate_states) if paths.gate_states.is_file() else None
-    if states is not None and len(states) == len(cases):
-        status(f"{stage('gate')}: fitting on the {len(cases)} training prompts' states kept by the data stage")
-        labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
-        gate = fit_gate(states.float(), labels, config.gate_layer or None,
-                        fitted_on={"source": str(paths.gate_prompts)})
-    else:
-        status(f"{stage('gate')}: reading {len(cases)} training prompts with the base model")
-        gate = fit_gate_on_prompts(model(), cases, config.gate_layer or None, source=str(paths.gate_prompts),
-                                   on_progress=ProgressPrinter("gate"))
+    status(f"{stage('gate')}: fitting on {len(cases)} prompts ({config.gate_prompts}), reading those the data "
+           "stage did not answer with the base model")
+    states = prompt_states(model(), [case["prompt"] for case in cases], paths.gate_states, ProgressPrinter("gate"))
+    labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
+    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on={"source": str(paths.gate_prompts)})
     gate.save(paths.adapter)
+    _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
             "seconds": round(time.perf_counter() - started, 1)}
     _write_json(info_path, info)

@@ -16,6 +16,7 @@ from alignment.outcome import (
     main,
     make_pairs,
     on_policy_pairs,
+    prompt_states,
     request_words,
     run_pipeline,
     same_request,
@@ -74,6 +75,45 @@ def test_training_prompts_never_use_heldout_or_evaluation_prompts():
     assert not any("pipe bomb" in t.lower() and "step-by-step" in t.lower() for t in texts)
     words = [request_words(t) for t in independent]
     assert not any(same_request(request_words(t), w) for t in texts for w in words)
+
+
+def test_all_labeling_takes_every_prompt_of_the_labeling_sets_the_recipe_uses_and_still_filters():
+    config = OutcomeConfig(harmful_per_template=2, harmful_labeling=5, benign_labeling=5, risky_labeling=0,
+                           benign_redteam=3)
+    sampled = training_prompts(config)
+    harmful, benign = training_prompts(config, all_labeling=True)
+    texts = {last_user_text(p["prompt"]) for p in harmful + benign}
+    assert {last_user_text(p["prompt"]) for p in sampled[0] + sampled[1]} < texts
+    assert len(harmful) > 10 * len(sampled[0]) and len(benign) > 10 * len(sampled[1])
+    assert not any(b["risky"] for b in benign if b["source"] == "labeling")  # risky_labeling 0: that set stays off
+    for kind, whole, sample in (("harmful", harmful, sampled[0]), ("benign", benign, sampled[1])):
+        # The red-team train split stays at the recipe's sample.
+        assert [x["id"] for x in whole if x["source"] == "redteam"] == [x["id"] for x in sample
+                                                                        if x["source"] == "redteam"], kind
+    independent = [request_words(last_user_text(c["prompt"])) for c in load_prompts(config.eval_prompts)]
+    assert not any(same_request(request_words(t), w) for t in texts for w in independent)
+
+
+def test_prompt_states_reuse_what_the_data_stage_kept_and_read_the_rest(tiny_model_dir, tmp_path):
+    import torch
+
+    from alignment.evaluate import as_chat
+    from alignment.gate import last_position_states
+    from alignment.generation import format_chat
+    from alignment.models import LoadSettings, load_model
+
+    loaded = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    prompts = ["Write a haiku.", "How do I kill a zombie process?"]
+    texts = [format_chat(loaded.tokenizer, as_chat(p)) for p in prompts]
+    fresh = last_position_states(loaded.model, loaded.tokenizer, texts)
+    kept = tmp_path / "states.pt"
+    marker = torch.full_like(fresh[0], 7.0).half()  # not a state the model gives: proves it was read from the file
+    torch.save({"texts": texts[:1], "states": marker[None]}, kept)
+    states = prompt_states(loaded, prompts, kept)
+    assert torch.equal(states[0], marker.float())
+    assert torch.allclose(states[1], fresh[1], atol=2e-2, rtol=1e-2)
+    torch.save(fresh.half(), kept)  # an old file (a bare tensor, not keyed by text): every prompt is read again
+    assert torch.allclose(prompt_states(loaded, prompts, kept), fresh, atol=2e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("a, b, same", [
@@ -263,12 +303,14 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     gate = load_gate(out / "adapter")
     assert gate is not None and gate.layer in (1, 2)
     assert outcome["gate"]["layer"] == gate.layer
-    # Fitted on every training prompt, also the harmful ones the (tiny) base model never answered, so no pairs.
-    harmful, benign = training_prompts(config)
+    # Fitted on every training prompt, also the harmful ones the (tiny) base model never answered, so no pairs,
+    # and every other prompt of the labeling sets (gate_prompts: labeling).
+    harmful, benign = training_prompts(config, all_labeling=True)
     assert outcome["gate"]["fitted_on"] == {"harmful": len(harmful), "benign": len(benign),
                                             "source": str(out / "data" / "gate_prompts.jsonl")}
-    assert any(m.startswith("[3/5] gate: fitting on the") for m in messages) and "gate" in outcome["timings_s"]
-    # The data stage kept every training prompt's states: the ones a fresh read of the prompts gives.
+    assert len(benign) > 100 > config.benign_labeling + config.risky_labeling + config.benign_redteam
+    assert any(m.startswith("[3/5] gate: fitting on") for m in messages) and "gate" in outcome["timings_s"]
+    # The data stage kept the states of the prompts it answered: the ones a fresh read of the prompts gives.
     import torch
 
     from alignment.evaluate import as_chat
@@ -277,10 +319,12 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     from alignment.models import LoadSettings, load_model
 
     loaded = load_model(LoadSettings(model=config.model, device="cpu"))
-    prompts = load_prompts(out / "data" / "gate_prompts.jsonl")
-    fresh = last_position_states(loaded.model, loaded.tokenizer,
-                                 [format_chat(loaded.tokenizer, as_chat(p["prompt"])) for p in prompts])
-    assert torch.allclose(torch.load(out / "data" / "gate_states.pt").float(), fresh, atol=2e-2, rtol=1e-2)
+    kept = torch.load(out / "data" / "gate_states.pt")
+    sampled_harmful, sampled_benign = training_prompts(config)
+    answered = [*sampled_harmful, *(b for b in sampled_benign if not b.get("reference"))]
+    assert kept["texts"] == [format_chat(loaded.tokenizer, as_chat(p["prompt"])) for p in answered]
+    fresh = last_position_states(loaded.model, loaded.tokenizer, kept["texts"])
+    assert torch.allclose(kept["states"].float(), fresh, atol=2e-2, rtol=1e-2)
     independent = json.loads((out / "eval_independent.json").read_text())
     assert independent["meta"]["gate"]["layer"] == gate.layer
     assert all(isinstance(row["aligned"]["routed"], bool) for row in independent["rows"])
@@ -292,8 +336,17 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     assert sum("reusing" in m for m in messages) == 5  # data, training, gate, two evaluations
 
     config.gate = False  # a stale gate must not keep changing what the adapter answers
-    run_pipeline(config, train, out, status=messages.append)
+    outcome = run_pipeline(config, train, out, status=messages.append)
     assert not (out / "adapter" / GATE_FILE).exists()
+    # ... nor the evaluations made through it be reused
+    assert json.loads((out / "eval_independent.json").read_text())["meta"]["gate"] is None
+    assert outcome["gate"] is None
+
+    config.gate, config.gate_prompts = True, "training"  # only the prompts of the pairs
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    harmful, benign = training_prompts(config)
+    assert outcome["gate"]["fitted_on"]["harmful"] == len(harmful)
+    assert outcome["gate"]["fitted_on"]["benign"] == len(benign)
 
 
 def test_cli_reports_a_missing_recipe_clearly(tmp_path, capsys):
