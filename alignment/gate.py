@@ -170,19 +170,27 @@ def last_position_states(model: Any, tokenizer: Any, texts: Sequence[str], batch
     return states[torch.argsort(torch.tensor(order))]  # back to the order of ``texts``
 
 
-def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> float:
-    """Mean held-out log-loss of a probe over ``folds`` random folds."""
+def out_of_fold_scores(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> Any:
+    """Each prompt's probe score from a probe fitted without it (``folds`` random folds): how a gate fitted on
+    these prompts would score one like it that it has not seen."""
     import torch
 
     from alignment.probe import fit_probe
 
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    total = 0.0
+    scores = torch.empty(len(labels))
     for fold in order.chunk(folds):
         train = order[~torch.isin(order, fold)]
-        scores = fit_probe(features[train], labels[train]).scores(features[fold])
-        total += float(torch.nn.functional.binary_cross_entropy_with_logits(scores, labels[fold], reduction="sum"))
-    return total / len(labels)
+        scores[fold] = fit_probe(features[train], labels[train]).scores(features[fold])
+    return scores
+
+
+def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> float:
+    """Mean held-out log-loss of a probe over ``folds`` random folds."""
+    import torch
+
+    scores = out_of_fold_scores(features, labels, folds, seed)
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(scores, labels.float()))
 
 
 def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,

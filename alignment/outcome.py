@@ -115,6 +115,12 @@ class OutcomeConfig:
                                       "or 'labeling' (those, and every other prompt of the labeling sets the "
                                       "recipe draws from, after the same overlap filter; the red-team train split "
                                       "stays at its sample, a few behaviours in many wordings)."})
+    benign_sampling: str = field(
+        default="random", metadata={"help": "How benign_labeling and risky_labeling prompts are drawn from their "
+                                    "labeling sets: 'random' (a seeded sample) or 'gate' (those a gate fitted on "
+                                    "every labeling prompt scores most harmful-looking, out of fold: the benign "
+                                    "prompts the gate is likeliest to send to the adapter, which must answer "
+                                    "them). 'gate' needs gate: true and gate_prompts: labeling."})
     gate_layer: int = field(
         default=0, metadata={"help": "Layer the gate reads; 0 chooses it by cross-validated log-loss on the "
                              "training prompts (never on the evaluation prompts)."})
@@ -131,6 +137,10 @@ class OutcomeConfig:
             validate_range(name, getattr(self, name), 1, 100000)
         validate_choice("benign_refusal", self.benign_refusal, ("topical", "generic"))
         validate_choice("gate_prompts", self.gate_prompts, ("labeling", "training"))
+        validate_choice("benign_sampling", self.benign_sampling, ("random", "gate"))
+        if self.benign_sampling == "gate" and not (self.gate and self.gate_prompts == "labeling"):
+            raise SettingsError("benign_sampling: gate ranks the labeling prompts by the refusal gate, so it needs "
+                                "gate: true and gate_prompts: labeling; set those, or benign_sampling: random.")
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         for name in ("refine_steps", "refine_tokens", "refine_repeat"):
@@ -362,7 +372,12 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, g
     from alignment.evaluate import ProgressPrinter, as_chat
     from alignment.generation import SamplingSettings, generate
 
-    harmful, benign = training_prompts(config)
+    ranking: dict[str, Any] = {}
+    if config.benign_sampling == "gate":
+        harmful, benign, ranking = gate_ranked_prompts(loaded, config, status, gate_states)
+        gate_states = None  # already holds every prompt the gate is fitted on
+    else:
+        harmful, benign = training_prompts(config)
     # Benign prompts with a reference answer need no generation: the reference is the chosen side.
     to_answer = [b for b in benign if not b.get("reference")]
     chats = [as_chat(h["prompt"]) for h in harmful] + [as_chat(b["prompt"]) for b in to_answer]
@@ -381,8 +396,55 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, g
     benign_texts = [whole_answer(g) for g in generations[len(harmful):]]
     by_id = {b["id"]: t for b, t in zip(to_answer, benign_texts, strict=True)}
     benign_answers = [by_id.get(b["id"]) for b in benign]
-    return make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
-                      benign_refusal=config.benign_refusal)
+    pairs, stats = make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
+                              benign_refusal=config.benign_refusal)
+    return pairs, {**stats, **ranking}
+
+
+def top_scored(items: Sequence[dict[str, Any]], scores: Sequence[float], count: int) -> list[dict[str, Any]]:
+    """The ``count`` items of highest score, in their original order (ties: the earlier item)."""
+    ranked = sorted(range(len(items)), key=lambda i: (-scores[i], i))[:count]
+    return [items[i] for i in sorted(ranked)]
+
+
+def gate_ranked_prompts(loaded: Any, config: OutcomeConfig, status: Status, states_path: Path | None
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Training prompts whose labeling benign ones are those a gate would likeliest send to the adapter.
+
+    The gate's fitting set (every labeling prompt, ``gate_prompts: labeling``) is read with the base model, a gate
+    is fitted on it as the gate stage will fit it, and each benign labeling prompt is scored by a gate fitted
+    without it (out of fold: in-sample, a probe puts nearly all its own training prompts on the right side). The
+    ``benign_labeling`` plain and ``risky_labeling`` risky-looking prompts of highest score are kept: the benign
+    requests that look harmful to the gate, which the adapter, not the base model, will answer. The states are
+    saved to ``states_path`` for the gate stage.
+    """
+    import torch
+
+    from alignment.evaluate import ProgressPrinter
+    from alignment.gate import fit_gate, out_of_fold_scores
+
+    harmful, _ = training_prompts(config)
+    pool_harmful, pool_benign = training_prompts(config, all_labeling=True)
+    prompts = [item["prompt"] for item in (*pool_harmful, *pool_benign)]
+    status(f"data: reading the gate's {len(prompts)} prompts with the base model to rank the benign ones")
+    states = prompt_states(loaded, prompts, on_progress=ProgressPrinter("data: gate ranking"))
+    if states_path is not None:
+        _save_states(chat_texts(loaded, prompts), states, states_path)
+    labels = torch.tensor([1.0] * len(pool_harmful) + [0.0] * len(pool_benign))
+    layer = fit_gate(states, labels, config.gate_layer or None).layer
+    scores = out_of_fold_scores(states[:, layer], labels)[len(pool_harmful):].tolist()
+    benign: list[dict[str, Any]] = []
+    ranking: dict[str, Any] = {"ranking_layer": layer}
+    for name, risky, count in (("plain", False, config.benign_labeling), ("risky", True, config.risky_labeling)):
+        group = [(item, score) for item, score in zip(pool_benign, scores, strict=True)
+                 if item["source"] == "labeling" and bool(item["risky"]) is risky]
+        chosen = top_scored([item for item, _ in group], [score for _, score in group], count)
+        benign += chosen
+        chosen_ids = {item["id"] for item in chosen}
+        ranking[f"ranked_{name}_flagged"] = sum(score > 0 for item, score in group if item["id"] in chosen_ids)
+        ranking[f"ranked_{name}_pool_flagged"] = sum(score > 0 for _, score in group)
+    benign += [item for item in pool_benign if item["source"] != "labeling"]
+    return harmful, benign, ranking
 
 
 def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -397,12 +459,22 @@ def save_prompt_states(loaded: Any, prompts: Sequence[Any], generations: Sequenc
     gate stage finds them whichever prompts it is fitted on."""
     import torch
 
+    _save_states(chat_texts(loaded, prompts), torch.stack([g[0].prompt_state for g in generations]), path)
+
+
+def chat_texts(loaded: Any, prompts: Sequence[Any]) -> list[str]:
+    """Each prompt as the model reads it: chat-formatted, the answer's start added (what states are keyed by)."""
     from alignment.evaluate import as_chat
     from alignment.generation import format_chat
 
-    texts = [format_chat(loaded.tokenizer, as_chat(prompt)) for prompt in prompts]
+    return [format_chat(loaded.tokenizer, as_chat(prompt)) for prompt in prompts]
+
+
+def _save_states(texts: Sequence[str], states: Any, path: Path) -> None:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"texts": texts, "states": torch.stack([g[0].prompt_state for g in generations])}, path)
+    torch.save({"texts": list(texts), "states": states.half()}, path)
 
 
 def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
@@ -411,12 +483,10 @@ def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
     ``kept``, and one forward pass, adapters off, for the rest."""
     import torch
 
-    from alignment.evaluate import as_chat
     from alignment.gate import base_weights, last_position_states
-    from alignment.generation import format_chat
 
-    texts = [format_chat(loaded.tokenizer, as_chat(prompt)) for prompt in prompts]
-    saved = torch.load(kept) if kept is not None and kept.is_file() else {}
+    texts = chat_texts(loaded, prompts)
+    saved = torch.load(kept) if kept is not None and kept.is_file() else None
     # A file from before states were keyed by text is a bare tensor: read every prompt again.
     found = dict(zip(saved["texts"], saved["states"], strict=True)) if isinstance(saved, dict) else {}
     missing = sorted({text for text in texts if text not in found})

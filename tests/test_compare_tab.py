@@ -140,3 +140,5 @@ def test_loading_a_gated_adapter_says_what_its_gate_does(running, tmp_path) -> N
     _, right, status = client(app, "admin", "pw1").predict(str(gated), "", api_name="/compare_load_adapter")
     assert right["value"] == "gated"
     assert "refusal gate (layer 1)" in status and "the base model answers the rest" in status
+    facts, _ = client(app, "admin", "pw1").predict(api_name="/model_facts")
+    assert "gated (refusal gate, layer 1)" in facts  # the Playground's facts say which adapter routes

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from alignment.evaluate import EvalSettings, EvaluationError, attach_adapter, evaluate
-from alignment.gate import GATE_FILE, GateError, RefusalGate, fit_gate, last_position_states, load_gate, main
+from alignment.gate import (
+    GATE_FILE,
+    GateError,
+    RefusalGate,
+    fit_gate,
+    last_position_states,
+    load_gate,
+    main,
+    out_of_fold_scores,
+)
 from alignment.generation import SamplingSettings, format_chat, generate
 from alignment.models import LoadSettings, ModelLoadError, load_model
 from alignment.registry import BASE, ModelRegistry, SideView
@@ -42,6 +51,21 @@ def test_the_layer_is_chosen_by_cross_validation_on_the_fitting_prompts():
         fit_gate(features[:6], labels[:6])
 
 
+def test_out_of_fold_scores_come_from_probes_that_never_saw_the_prompt():
+    from alignment.probe import auc, fit_probe
+
+    generator = torch.Generator().manual_seed(1)
+    # Labels unrelated to 80 features of 60 prompts: a probe fits its own prompts, but cannot score unseen ones.
+    noise, labels = torch.randn(60, 80, generator=generator), (torch.arange(60) % 2).float()
+    assert auc(fit_probe(noise, labels).scores(noise), labels) > 0.95
+    assert auc(out_of_fold_scores(noise, labels), labels) < 0.75
+    # Where the label is in the features, unseen prompts are scored on the right side.
+    signal = noise + 2.0 * labels[:, None] * torch.randn(80, generator=generator)
+    scores = out_of_fold_scores(signal, labels)
+    assert ((scores > 0).float() == labels).float().mean() > 0.9
+    assert torch.equal(scores, out_of_fold_scores(signal, labels))  # seeded folds: the same scores every time
+
+
 def test_a_gate_survives_saving_and_a_bad_file_says_what_to_do(tmp_path):
     gate = RefusalGate(layer=1, mean=[0.0, 1.0], std=[1.0, 2.0], weight=[0.5, -0.5], bias=0.25, threshold=0.1,
                        fitted_on={"harmful": 5, "benign": 5})
@@ -66,7 +90,10 @@ def median_gate(model, tokenizer, chats, layer: int = 1) -> tuple[RefusalGate, l
     states = last_position_states(model, tokenizer, texts, layer=layer)
     weight = torch.randn(states.shape[1], generator=torch.Generator().manual_seed(1))
     scores = states @ weight
-    threshold = float(scores.median())
+    # Midway between the two middle scores: a threshold equal to one prompt's score would route it by rounding
+    # (a batch with padding and a single prompt give states that differ in the last bits).
+    middle = scores.sort().values[len(scores) // 2 - 1:len(scores) // 2 + 1]
+    threshold = float(middle.mean())
     gate = RefusalGate(layer=layer, mean=[0.0] * len(weight), std=[1.0] * len(weight), weight=weight.tolist(),
                        bias=0.0, threshold=threshold)
     return gate, [bool(s > threshold) for s in scores]

@@ -12,6 +12,7 @@ from alignment.judge import load_judge
 from alignment.outcome import (
     OutcomeConfig,
     build_train_config,
+    gate_ranked_prompts,
     load_outcome_config,
     main,
     make_pairs,
@@ -21,6 +22,7 @@ from alignment.outcome import (
     run_pipeline,
     same_request,
     split_for_refine,
+    top_scored,
     training_prompts,
     trim_to_sentence,
 )
@@ -347,6 +349,61 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     harmful, benign = training_prompts(config)
     assert outcome["gate"]["fitted_on"]["harmful"] == len(harmful)
     assert outcome["gate"]["fitted_on"]["benign"] == len(benign)
+
+
+def test_top_scored_keeps_the_highest_scores_in_their_original_order():
+    items = [{"id": i} for i in range(5)]
+    assert top_scored(items, [0.1, 3.0, -1.0, 3.0, 2.0], 3) == [{"id": 1}, {"id": 3}, {"id": 4}]
+    assert top_scored(items, [0.0] * 5, 2) == [{"id": 0}, {"id": 1}]  # ties: the earlier item
+    assert top_scored(items, [1.0] * 5, 9) == items
+
+
+def test_gate_ranked_sampling_needs_a_gate_fitted_on_the_labeling_prompts():
+    with pytest.raises(SettingsError, match="gate: true and gate_prompts: labeling"):
+        OutcomeConfig(benign_sampling="gate")
+    with pytest.raises(SettingsError, match="gate: true and gate_prompts: labeling"):
+        OutcomeConfig(benign_sampling="gate", gate=True, gate_prompts="training")
+    with pytest.raises(SettingsError, match="benign_sampling"):
+        OutcomeConfig(benign_sampling="hardest")
+    assert OutcomeConfig(benign_sampling="gate", gate=True).benign_sampling == "gate"
+
+
+def test_gate_ranked_sampling_trains_on_the_benign_prompts_the_gate_scores_most_harmful(tiny_recipe, tmp_path):
+    import torch
+
+    from alignment.gate import out_of_fold_scores
+    from alignment.models import LoadSettings, load_model
+
+    config, train = tiny_recipe
+    config.gate, config.benign_sampling = True, "gate"
+    loaded = load_model(LoadSettings(model=config.model, device="cpu"))
+    kept_path = tmp_path / "states.pt"
+    harmful, chosen, ranking = gate_ranked_prompts(loaded, config, lambda message: None, kept_path)
+    assert [h["id"] for h in harmful] == [h["id"] for h in training_prompts(config)[0]]  # the recipe's sample
+    # States of every prompt the gate is fitted on, read once, kept for the gate stage.
+    pool_harmful, pool_benign = training_prompts(config, all_labeling=True)
+    kept = torch.load(kept_path)
+    assert len(kept["texts"]) == len(pool_harmful) + len(pool_benign)
+    labels = torch.tensor([1.0] * len(pool_harmful) + [0.0] * len(pool_benign))
+    scores = out_of_fold_scores(kept["states"].float()[:, ranking["ranking_layer"]], labels)[len(pool_harmful):]
+    chosen_ids = {b["id"] for b in chosen}
+    for name, risky, count in (("plain", False, config.benign_labeling), ("risky", True, config.risky_labeling)):
+        group = [(b["id"], float(s)) for b, s in zip(pool_benign, scores, strict=True)
+                 if b["source"] == "labeling" and b["risky"] is risky]
+        picked = [s for i, s in group if i in chosen_ids]
+        assert len(picked) == count < len(group)
+        assert min(picked) >= max(s for i, s in group if i not in chosen_ids)  # the highest-scored ones
+        assert ranking[f"ranked_{name}_flagged"] == sum(s > 0 for s in picked)
+    assert [b["id"] for b in chosen if b["source"] == "redteam"] == [
+        b["id"] for b in pool_benign if b["source"] == "redteam"]  # red-team controls: all of the recipe's sample
+
+    out = tmp_path / "run"
+    messages: list[str] = []
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    stats = json.loads((out / "data" / "stats.json").read_text())
+    assert stats["ranking_layer"] == outcome["gate"]["layer"] == ranking["ranking_layer"]
+    assert outcome["gate"]["fitted_on"]["benign"] == len(pool_benign)
+    assert any("to rank the benign ones" in m for m in messages)
 
 
 def test_cli_reports_a_missing_recipe_clearly(tmp_path, capsys):

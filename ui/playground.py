@@ -1,5 +1,5 @@
 """Playground tab: chat with the loaded model (or a loaded adapter) with streaming and sampling settings,
-and see the model's facts (name, parameters, device, dtype, memory in use).
+and see the model's facts (name, parameters, device, dtype, memory in use, adapters and their refusal gates).
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ from ui.safe_text import display_chat
 MAX_MESSAGE_CHARS = 4000
 
 
+def _adapter_label(ctx: AppContext, name: str) -> str:
+    gate = ctx.registry.gate(name)
+    return f"{name} (refusal gate, layer {gate.layer})" if gate is not None else name
+
+
 def facts_markdown(ctx: AppContext) -> str:
     import psutil
 
@@ -29,7 +34,7 @@ def facts_markdown(ctx: AppContext) -> str:
     except (ModelLoadError, SettingsError) as exc:
         return f"**Model not loaded.** {exc}"
     rss = psutil.Process(os.getpid()).memory_info().rss / 2**20
-    adapters = ", ".join(ctx.registry.adapters()) or "none"
+    adapters = ", ".join(_adapter_label(ctx, name) for name in ctx.registry.adapters()) or "none"
     return (
         f"| | |\n|---|---|\n| Model | {facts['name']} |\n| Source | {facts['source']} |\n"
         f"| Parameters | {facts['parameters'] / 1e6:.1f} M |\n| Device | {facts['device']} |\n"
