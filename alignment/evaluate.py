@@ -538,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         judge = load_judge(settings.judge)
         loaded = load_model(LoadSettings(model=args.model, device=args.device))
         adapter = attach_adapter(loaded, args.adapter) if args.adapter else None
+        if adapter and loaded.gates.get(adapter) and loaded.quantized_4bit:
+            from alignment.gate import FOUR_BIT_WARNING
+
+            print(FOUR_BIT_WARNING, file=sys.stderr)
         print(f"Evaluating {len(cases)} cases on {loaded.name}" + (f" with adapter {args.adapter}" if adapter else "")
               + f" ({loaded.device}, greedy={not args.sample}, max_new_tokens={args.max_new_tokens})",
               file=sys.stderr)

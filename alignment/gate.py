@@ -33,6 +33,12 @@ GATE_FILE = "refusal_gate.json"
 GATE_FORMAT = 1
 
 
+FOUR_BIT_WARNING = (
+    "Warning: the model is loaded in 4-bit, which moves the hidden states the refusal gate reads, so the gate lets "
+    "more harmful prompts through to the base model (the bundled model's gate routed 49 of 62 harmful prompts in "
+    "4-bit, all 62 in 16-bit). Load the model without 4-bit (--no-4bit) to get the aligned model as measured.")
+
+
 class GateError(ValueError):
     """A gate file that cannot be used, or prompts a gate cannot be fitted on; the message says what to do."""
 
@@ -97,10 +103,11 @@ class RefusalGate:
         tmp.replace(path)  # a crash mid-write never leaves a half-written gate next to a good adapter
         return path
 
-    def explain(self) -> str:
-        """One sentence for people loading the adapter: what the gate does to its answers."""
-        return (f"It has a refusal gate (layer {self.layer}): the adapter answers the prompts the gate flags as "
+    def explain(self, quantized_4bit: bool = False) -> str:
+        """For people loading the adapter: what the gate does to its answers (and, on a 4-bit model, a warning)."""
+        text = (f"It has a refusal gate (layer {self.layer}): the adapter answers the prompts the gate flags as "
                 "harmful, the base model answers the rest.")
+        return f"{text} {FOUR_BIT_WARNING}" if quantized_4bit else text
 
     def summary(self) -> str:
         fitted = self.fitted_on

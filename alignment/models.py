@@ -52,7 +52,9 @@ class LoadSettings:
     )
     load_in_4bit: bool | None = field(
         default=None,
-        metadata={"help": "4-bit NF4 weights via bitsandbytes. None: on for CUDA, off on CPU (CPU has no 4-bit)."},
+        metadata={"help": "4-bit NF4 weights via bitsandbytes. None: on CUDA for models of 1B parameters or more, "
+                  "off for smaller ones (16-bit fits any GPU, and 4-bit moves the hidden states a refusal gate reads) "
+                  "and on CPU (CPU has no 4-bit)."},
     )
     cache_dir: str | None = field(
         default=None,
@@ -265,6 +267,28 @@ def _hub_error(name: str, exc: Exception) -> ModelLoadError:
     )
 
 
+# Below this size 16-bit weights fit any GPU the app targets (a 360M model is 0.7 GB in float16), and 4-bit would
+# only cost quality: on a GPU, the refusal gate of the outcome recipe routed 49 of 62 harmful prompts through a 4-bit
+# bundled model against 62 of 62 in 16-bit (docs/OUTCOME.md, "On a GPU").
+AUTO_4BIT_MIN_PARAMETERS = 1_000_000_000
+
+
+def count_parameters(source_path: str) -> int:
+    """Parameters of the model at ``source_path`` (a folder or Hub id), from its config alone: nothing is allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def auto_4bit(device: str, source_path: str) -> bool:
+    """The automatic choice: 4-bit NF4 weights on CUDA for models of AUTO_4BIT_MIN_PARAMETERS or more."""
+    return device.startswith("cuda") and count_parameters(source_path) >= AUTO_4BIT_MIN_PARAMETERS
+
+
 def load_model(settings: LoadSettings | None = None, **overrides: Any) -> LoadedModel:
     """Load model and tokenizer, ready for batched, left-padded generation with the model's chat template."""
     settings = settings or LoadSettings(**overrides)
@@ -272,7 +296,7 @@ def load_model(settings: LoadSettings | None = None, **overrides: Any) -> Loaded
     source_path, source = resolve_source(settings.model, Path(settings.cache_dir) if settings.cache_dir else None)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    use_4bit = settings.load_in_4bit if settings.load_in_4bit is not None else device.startswith("cuda")
+    use_4bit = settings.load_in_4bit if settings.load_in_4bit is not None else auto_4bit(device, source_path)
     if use_4bit and not device.startswith("cuda"):
         raise ModelLoadError("4-bit loading needs a CUDA GPU (bitsandbytes). Turn 4-bit off on CPU.")
 

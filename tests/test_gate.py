@@ -72,6 +72,7 @@ def test_a_gate_survives_saving_and_a_bad_file_says_what_to_do(tmp_path):
     assert load_gate(tmp_path) is None
     gate.save(tmp_path)
     assert load_gate(tmp_path) == gate
+    assert "4-bit" not in gate.explain() and "--no-4bit" in gate.explain(quantized_4bit=True)
     assert gate.scores(torch.tensor([[2.0, 1.0]])).tolist() == pytest.approx([1.25])
     (tmp_path / GATE_FILE).write_text("{not json", encoding="utf-8")
     with pytest.raises(GateError, match="delete the file"):

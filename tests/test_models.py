@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from alignment.models import LoadSettings, ModelLoadError, load_model, resolve_dtype, resolve_source
+from alignment.models import (
+    LoadSettings,
+    ModelLoadError,
+    auto_4bit,
+    count_parameters,
+    load_model,
+    resolve_dtype,
+    resolve_source,
+)
 from alignment.settings import SettingsError
 from tests.conftest import free_port
 
@@ -35,6 +43,23 @@ def test_tiny_folder_loads_ready_for_batched_generation(tiny_loaded):
 def test_auto_dtype_is_float32_on_cpu():
     assert resolve_dtype("auto", "cpu") == "float32"
     assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_auto_4bit_only_for_models_of_a_billion_parameters_on_cuda(tiny_model_dir, tiny_loaded, tmp_path):
+    import json
+
+    assert count_parameters(str(tiny_model_dir)) == sum(p.numel() for p in tiny_loaded.model.parameters())
+    assert not auto_4bit("cuda", str(tiny_model_dir))  # small: 16-bit on a GPU
+    # A 1.7B shape from its config alone (no weights needed to count).
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config.update(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                  num_key_value_heads=32)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text(json.dumps(config))
+    assert count_parameters(str(big)) > 1.2e9  # 1.36B: the tiny tokenizer's vocabulary, tied embeddings
+    assert auto_4bit("cuda", str(big)) and auto_4bit("cuda:1", str(big))
+    assert not auto_4bit("cpu", str(big))  # no 4-bit on a CPU, whatever the size
 
 
 def test_missing_path_that_is_not_a_hub_id(tmp_path):

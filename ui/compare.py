@@ -131,7 +131,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> TabRefresh:
             raise gr.Error(str(exc)) from exc
         sides = ctx.registry.sides()
         gate = ctx.registry.gate(loaded_name)
-        gated = f" {gate.explain()}" if gate else ""
+        gated = f" {gate.explain(ctx.registry.loaded.quantized_4bit)}" if gate else ""
         return (gr.update(choices=sides), gr.update(choices=sides, value=loaded_name),
                 f"Loaded adapter **{_plain(loaded_name)}**; it is now the right side.{gated}")
 

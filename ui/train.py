@@ -548,7 +548,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
         except (ModelLoadError, SettingsError) as exc:
             raise gr.Error(str(exc), title="Could not load the adapter") from exc
         gate = ctx.registry.gate(loaded_name)
-        gated = f" {gate.explain()}" if gate else ""
+        gated = f" {gate.explain(ctx.registry.loaded.quantized_4bit)}" if gate else ""
         return (f"Loaded adapter **{loaded_name}** onto the base model. Pick `{loaded_name}` as the model side in the "
                 f"Playground (press *Refresh model facts*) and the other tabs; no restart needed.{gated}")
 
