@@ -121,6 +121,11 @@ class OutcomeConfig:
                                     "every labeling prompt scores most harmful-looking, out of fold: the benign "
                                     "prompts the gate is likeliest to send to the adapter, which must answer "
                                     "them). 'gate' needs gate: true and gate_prompts: labeling."})
+    helpful_repeats: int = field(
+        default=1, metadata={"help": "With benign_sampling: gate, how many times each helpful pair appears whose "
+                             "prompt the ranking gate flags out of fold (score above 0): the benign requests the "
+                             "gate will send to the adapter, which must answer them (run AH's adapter refused all "
+                             "of its own flagged training prompts). 1: once, like every other pair."})
     gate_layer: int = field(
         default=0, metadata={"help": "Layer the gate reads; 0 chooses it by cross-validated log-loss on the "
                              "training prompts (never on the evaluation prompts)."})
@@ -143,6 +148,10 @@ class OutcomeConfig:
                                 "gate: true and gate_prompts: labeling; set those, or benign_sampling: random.")
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
+        validate_range("helpful_repeats", self.helpful_repeats, 1, 100)
+        if self.helpful_repeats > 1 and self.benign_sampling != "gate":
+            raise SettingsError("helpful_repeats repeats the helpful pairs the ranking gate flags, so it needs "
+                                "benign_sampling: gate; set that, or helpful_repeats: 1.")
         for name in ("refine_steps", "refine_tokens", "refine_repeat"):
             validate_range(name, getattr(self, name), 1, 100000)
         validate_range("refine_learning_rate", self.refine_learning_rate, 0, 1, low_inclusive=False)
@@ -398,7 +407,21 @@ def build_data(loaded: Any, config: OutcomeConfig, judge: Any, status: Status, g
     benign_answers = [by_id.get(b["id"]) for b in benign]
     pairs, stats = make_pairs(harmful, harmful_answers, benign, benign_answers, judge, seed=config.seed,
                               benign_refusal=config.benign_refusal)
+    if config.helpful_repeats > 1:
+        pairs, stats = repeat_flagged_helpful(pairs, stats, {b["id"] for b in benign if b.get("flagged")},
+                                              config.helpful_repeats, config.seed)
     return pairs, {**stats, **ranking}
+
+
+def repeat_flagged_helpful(pairs: Sequence[dict[str, Any]], stats: dict[str, int], flagged: set[str],
+                           repeats: int, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """``pairs`` with each benign pair whose id is in ``flagged`` appearing ``repeats`` times, shuffled again."""
+    extra = [dict(pair) for pair in pairs if pair["label"] == "benign" and pair["id"] in flagged
+             for _ in range(repeats - 1)]
+    repeated = [*pairs, *extra]
+    random.Random(f"{seed}:repeats").shuffle(repeated)
+    return repeated, {**stats, "flagged_helpful_pairs": len(extra) // max(repeats - 1, 1),
+                      "pairs": len(repeated)}
 
 
 def top_scored(items: Sequence[dict[str, Any]], scores: Sequence[float], count: int) -> list[dict[str, Any]]:
@@ -435,6 +458,8 @@ def gate_ranked_prompts(loaded: Any, config: OutcomeConfig, status: Status, stat
     scores = out_of_fold_scores(states[:, layer], labels)[len(pool_harmful):].tolist()
     benign: list[dict[str, Any]] = []
     ranking: dict[str, Any] = {"ranking_layer": layer}
+    for item, score in zip(pool_benign, scores, strict=True):
+        item["flagged"] = score > 0
     for name, risky, count in (("plain", False, config.benign_labeling), ("risky", True, config.risky_labeling)):
         group = [(item, score) for item, score in zip(pool_benign, scores, strict=True)
                  if item["source"] == "labeling" and bool(item["risky"]) is risky]

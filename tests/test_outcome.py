@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -18,6 +19,7 @@ from alignment.outcome import (
     make_pairs,
     on_policy_pairs,
     prompt_states,
+    repeat_flagged_helpful,
     request_words,
     run_pipeline,
     same_request,
@@ -368,6 +370,19 @@ def test_gate_ranked_sampling_needs_a_gate_fitted_on_the_labeling_prompts():
     assert OutcomeConfig(benign_sampling="gate", gate=True).benign_sampling == "gate"
 
 
+def test_helpful_repeats_repeat_only_the_flagged_helpful_pairs():
+    pairs = [{"id": "h1", "label": "harmful"}, {"id": "b1", "label": "benign"}, {"id": "b2", "label": "benign"},
+             {"id": "b3", "label": "benign"}]
+    repeated, stats = repeat_flagged_helpful(pairs, {"pairs": 4, "benign_pairs": 3}, {"b1", "b3", "h1", "gone"}, 4)
+    assert collections.Counter(p["id"] for p in repeated) == {"h1": 1, "b1": 4, "b2": 1, "b3": 4}
+    assert stats == {"pairs": 10, "benign_pairs": 3, "flagged_helpful_pairs": 2}
+    assert [p["id"] for p in pairs] == ["h1", "b1", "b2", "b3"]  # the input is left as it was
+    with pytest.raises(SettingsError, match="needs benign_sampling: gate"):
+        OutcomeConfig(helpful_repeats=2)
+    with pytest.raises(SettingsError, match="helpful_repeats"):
+        OutcomeConfig(benign_sampling="gate", gate=True, helpful_repeats=0)
+
+
 def test_gate_ranked_sampling_trains_on_the_benign_prompts_the_gate_scores_most_harmful(tiny_recipe, tmp_path):
     import torch
 
@@ -394,14 +409,22 @@ def test_gate_ranked_sampling_trains_on_the_benign_prompts_the_gate_scores_most_
         assert len(picked) == count < len(group)
         assert min(picked) >= max(s for i, s in group if i not in chosen_ids)  # the highest-scored ones
         assert ranking[f"ranked_{name}_flagged"] == sum(s > 0 for s in picked)
+    flags = {b["id"]: s > 0 for b, s in zip(pool_benign, scores.tolist(), strict=True)}
+    assert all(b["flagged"] is flags[b["id"]] for b in chosen)
     assert [b["id"] for b in chosen if b["source"] == "redteam"] == [
         b["id"] for b in pool_benign if b["source"] == "redteam"]  # red-team controls: all of the recipe's sample
 
     out = tmp_path / "run"
     messages: list[str] = []
+    config.helpful_repeats = 3
     outcome = run_pipeline(config, train, out, status=messages.append)
     stats = json.loads((out / "data" / "stats.json").read_text())
     assert stats["ranking_layer"] == outcome["gate"]["layer"] == ranking["ranking_layer"]
+    pairs = [json.loads(line) for line in (out / "data" / "pairs.jsonl").read_text().splitlines()]
+    copies = collections.Counter(p["id"] for p in pairs)
+    flagged_pairs = {p["id"] for p in pairs if p["label"] == "benign" and flags.get(p["id"])}
+    assert all(copies[i] == (3 if i in flagged_pairs else 1) for i in copies)
+    assert stats["flagged_helpful_pairs"] == len(flagged_pairs) and stats["pairs"] == len(pairs)
     assert outcome["gate"]["fitted_on"]["benign"] == len(pool_benign)
     assert any("to rank the benign ones" in m for m in messages)
 
