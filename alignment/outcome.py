@@ -1,6 +1,8 @@
 """One command from the bundled model to an aligned LoRA adapter that refuses harmful requests and stays helpful.
 
-Stages (progress on stderr; each skips work already done when re-run, ``--fresh`` redoes everything):
+Stages (progress on stderr; each skips work already done when re-run, ``--fresh`` redoes everything). The folder
+records its settings (``settings.json``): a re-run with other evaluation or gate settings redoes only those stages,
+and one with any other change is refused rather than reuse pairs or an adapter made with the old ones:
 
 1. data     - preference pairs from the built-in prompt collections, TRAIN split only:
               harmful prompts (red-team train split + labeling's harmful set) -> chosen: a graceful refusal
@@ -771,6 +773,10 @@ class Paths:
     def train_info(self) -> Path:
         return self.root / "train.json"
 
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.json"
+
     def eval_report(self, name: str) -> Path:
         return self.root / f"eval_{name}.json"
 
@@ -815,6 +821,63 @@ def _drop_evaluations(paths: Paths, status: Status) -> None:
         path.unlink()
     if stale:
         status(f"gate: changed, so the {len(stale)} evaluation files made before it will be redone")
+
+
+# Settings that change only what the evaluate stage does, or only the gate (when the data stage does not rank
+# prompts with a gate): a run folder made with other values of these is updated in place; any other change would
+# reuse pairs or an adapter made with the old settings, so it is refused. ``threads`` changes only the speed.
+EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "heldout_per_template", "heldout_benign"})
+GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
+SPEED_SETTINGS = frozenset({"threads"})
+
+
+def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]:
+    """What a run folder was made with, as JSON values (recorded in ``settings.json``)."""
+    outcome = {k: v for k, v in asdict(config).items() if k not in SPEED_SETTINGS}
+    return json.loads(json.dumps({"outcome": outcome, "train": train}, default=str))
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"lr": (old, new), "train.beta": (old, new)}`` for every setting whose value differs."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    for section, prefix in (("outcome", ""), ("train", "train.")):
+        before, after = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                changes[prefix + key] = (before.get(key, "(unset)"), after.get(key, "(unset)"))
+    return changes
+
+
+def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, status: Status) -> None:
+    """Refuse to reuse stage outputs made with other settings; redo only the gate or the evaluations when only
+    their settings changed. Records the settings the folder is now made with."""
+    current = run_settings(config, train)
+    if paths.settings.is_file():
+        changes = changed_settings(json.loads(paths.settings.read_text()), current)
+        # With benign_sampling: gate the data stage ranks prompts with a gate of its own (changing
+        # benign_sampling itself is refused like any data setting).
+        in_place = EVALUATION_SETTINGS | (set() if config.benign_sampling == "gate" else GATE_SETTINGS)
+        reused = sorted(set(changes) - in_place)
+        if reused:
+            listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in reused)
+            raise OutcomeError(
+                f"{paths.root} was made with other settings ({listed}), and its earlier stages would be reused as "
+                f"if made with these. Nothing was changed. Re-run with --fresh to redo the run in this folder, or "
+                f"give --output-dir a new folder to keep both.")
+        if set(changes) & GATE_SETTINGS:
+            from alignment.gate import GATE_FILE
+
+            for path in (paths.adapter / GATE_FILE, paths.gate_info):
+                path.unlink(missing_ok=True)
+            status(f"settings: {', '.join(sorted(set(changes) & GATE_SETTINGS))} changed, so the gate is redone")
+        if changes:
+            stale = sorted(paths.root.glob("eval_*.*"))
+            for path in stale:
+                path.unlink()
+            status(f"settings: {', '.join(sorted(changes))} changed, so the evaluations are redone")
+    elif any(paths.root.iterdir()):
+        status(f"settings: {paths.root} has no record of its settings (an older run); recording the current ones")
+    _write_json(paths.settings, current)
 
 
 def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],
@@ -875,6 +938,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         shutil.rmtree(paths.root)
     train_config = build_train_config(train, config, paths.pairs, paths.root)  # validate before any work
     paths.root.mkdir(parents=True, exist_ok=True)
+    _check_settings(config, train, paths, status)
     if config.threads:
         import torch
 

@@ -12,6 +12,7 @@ from alignment.evaluate import last_user_text
 from alignment.judge import load_judge
 from alignment.outcome import (
     OutcomeConfig,
+    OutcomeError,
     build_train_config,
     gate_ranked_prompts,
     load_outcome_config,
@@ -452,3 +453,70 @@ def test_cli_rejects_a_bad_training_field_before_any_work(tmp_path, capsys):
 ])
 def test_cut_off_answers_end_at_a_whole_sentence(text, trimmed):
     assert trim_to_sentence(text) == (text if trimmed is None else trimmed)
+
+
+def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny_recipe, tmp_path):
+    config, train = tiny_recipe
+    out = tmp_path / "run"
+    messages: list[str] = []
+    run_pipeline(config, train, out, status=messages.append)
+    recorded = json.loads((out / "settings.json").read_text())
+    assert recorded["outcome"]["harmful_per_template"] == config.harmful_per_template
+    assert "threads" not in recorded["outcome"]
+    assert recorded["train"]["learning_rate"] == train["learning_rate"]
+    pairs = (out / "data/pairs.jsonl").read_bytes()
+    adapter = (out / "adapter/adapter_model.safetensors").read_bytes()
+    report = (out / "report.json").read_bytes()
+
+    # A training or data setting: its pairs and adapter would be reused as if made with it, so nothing runs.
+    changed = dict(train, learning_rate=train["learning_rate"] * 2)
+    with pytest.raises(OutcomeError, match=r"train\.learning_rate: .* --fresh .* --output-dir"):
+        run_pipeline(config, changed, out, status=messages.append)
+    config.seed = 7
+    with pytest.raises(OutcomeError, match="seed: 0 -> 7"):
+        run_pipeline(config, train, out, status=messages.append)
+    config.seed = 0
+    assert (out / "data/pairs.jsonl").read_bytes() == pairs and (out / "report.json").read_bytes() == report
+    assert json.loads((out / "settings.json").read_text()) == recorded
+    assert (out / "adapter/adapter_model.safetensors").read_bytes() == adapter
+
+    # Threads change only the speed: everything is reused.
+    config.threads = 1
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 4
+
+    # An evaluation setting: data and adapter are reused, the evaluations redone with it.
+    config.eval_max_new_tokens = 3
+    messages.clear()
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    assert any("eval_max_new_tokens changed, so the evaluations are redone" in m for m in messages)
+    assert sum("reusing" in m for m in messages) == 2  # data and training
+    assert outcome["evaluations"]["independent"]["cases"] == 3
+    assert (out / "data/pairs.jsonl").read_bytes() == pairs
+    assert json.loads((out / "settings.json").read_text())["outcome"]["eval_max_new_tokens"] == 3
+
+    # --fresh starts the folder over with the new settings.
+    messages.clear()
+    run_pipeline(config, changed, out, fresh=True, status=messages.append)
+    assert json.loads((out / "settings.json").read_text())["train"]["learning_rate"] == changed["learning_rate"]
+
+
+def test_gate_settings_redo_the_gate_unless_the_data_stage_ranked_prompts_with_one(tiny_recipe, tmp_path):
+    from alignment.gate import load_gate
+
+    config, train = tiny_recipe
+    config.gate = True
+    out = tmp_path / "run"
+    messages: list[str] = []
+    run_pipeline(config, train, out, status=messages.append)
+    config.gate_layer = 1
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert any("gate_layer changed, so the gate is redone" in m for m in messages)
+    assert any("gate: fitting on" in m for m in messages)
+    assert load_gate(out / "adapter").layer == 1
+
+    config.benign_sampling = "gate"
+    with pytest.raises(OutcomeError, match="benign_sampling"):
+        run_pipeline(config, train, out, status=messages.append)
