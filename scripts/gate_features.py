@@ -146,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("| candidate | 5-fold: log-loss | harmful flagged | plain / risky benign flagged | category out: log-loss "
           "| harmful flagged | plain / risky benign flagged |\n|---|---|---|---|---|---|---|")
+    losses: dict[str, float] = {}
     for name, (x, fit) in candidates.items():
         cv = summarise(random_fold_scores(x, y, fit), y, risky)
+        losses[name] = cv["log_loss"]
         out = summarise(category_out_scores(x, y, categories, fit), y, risky)
         print(f"| {name} | {cv['log_loss']} | {cv['harmful_flagged']} | {cv['plain_flagged']}/{cv['plain']}, "
               f"{cv['risky_flagged']}/{cv['risky']} | {out['log_loss']} | {out['harmful_flagged']} | "
               f"{out['plain_flagged']}/{out['plain']}, {out['risky_flagged']}/{out['risky']} |", flush=True)
+    baseline, best = next(iter(losses)), min(losses, key=lambda k: losses[k])
+    print(f"\nBest 5-fold log-loss: {best}, {losses[best]}; ratio to the recipe's gate ({losses[baseline]}): "
+          f"{losses[best] / losses[baseline]:.2f} (below 1 is better)")
 
     if args.route_eval:
         gate = load_gate(run / "adapter")
