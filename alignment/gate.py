@@ -230,6 +230,13 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
 def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
                         source: str = "", on_progress: Callable[[int, int], None] | None = None) -> RefusalGate:
     """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``."""
+    with loaded.lock:
+        return fit_gate_with_model(loaded.model, loaded.tokenizer, cases, layer, source, on_progress)
+
+
+def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
+                        source: str = "", on_progress: Callable[[int, int], None] | None = None) -> RefusalGate:
+    """:func:`fit_gate_on_prompts` for a bare model and tokenizer (a training run's, right after training)."""
     import torch
 
     from alignment.evaluate import as_chat
@@ -238,9 +245,16 @@ def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int
     labels = {case.get("label") for case in cases}
     if not labels <= {"harmful", "benign"}:
         raise GateError(f"Prompts must be labelled harmful or benign; found {sorted(map(str, labels))}.")
-    texts = [format_chat(loaded.tokenizer, as_chat(case["prompt"])) for case in cases]
-    with loaded.lock, base_weights(loaded.model):
-        states = last_position_states(loaded.model, loaded.tokenizer, texts, on_progress=on_progress)
+    texts = [format_chat(tokenizer, as_chat(case["prompt"])) for case in cases]
+    padding_side, training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"  # last_position_states reads the last position; a trainer may have changed it
+    model.eval()
+    try:
+        with base_weights(model):
+            states = last_position_states(model, tokenizer, texts, on_progress=on_progress)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(training)
     targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None)
 

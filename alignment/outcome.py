@@ -474,6 +474,13 @@ def gate_ranked_prompts(loaded: Any, config: OutcomeConfig, status: Status, stat
     return harmful, benign, ranking
 
 
+def builtin_gate_prompts() -> list[dict[str, Any]]:
+    """The prompts the recipe's gate is fitted on (``gate_prompts: labeling``): every built-in labeling prompt and
+    the red-team TRAIN split, labelled harmful or benign; what a gate for any adapter of this app is fitted on."""
+    config, _ = load_outcome_config(str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG))
+    return gate_prompt_rows(*training_prompts(config, all_labeling=True))
+
+
 def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gate's training prompts: every training prompt labelled by what it asks for, harmful ones first."""
     return [{"prompt": item["prompt"], "label": label, "category": item.get("category")}

@@ -60,6 +60,8 @@ class TrainResult:
     eval_pairs: int = 0
     elapsed_seconds: float = 0.0
     memory_plan: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # the refusal gate fitted after training (refusal_gate): layer, fitted_on
+    gate_note: str = ""  # why a requested gate was not fitted, and how to fit it later
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -306,6 +308,14 @@ def _make_callback(config: TrainConfig, on_log: LogCallback | None, should_stop:
     return ForwardAndGuard()
 
 
+def _gate_card_line(result: TrainResult) -> str:
+    if result.gate:
+        return (f"- **Refusal gate:** `refusal_gate.json`, {result.gate['summary']}: the adapter answers what it "
+                "flags as harmful, the base model the rest (this app and `alignment.evaluate` route through it; "
+                "plain peft loading ignores it)\n")
+    return f"- **Refusal gate:** none. {result.gate_note}\n" if result.gate_note else ""
+
+
 def _model_card(config: TrainConfig, base_source: str, result: TrainResult) -> str:
     settings = "\n".join(f"| {k} | {v} |" for k, v in to_dict(config).items())
     metrics = {**result.metrics, **result.eval_metrics}
@@ -324,7 +334,7 @@ tags: [dpo, trl, lora, alignment]
   beta={config.beta}, loss {config.loss_type}
 - **Steps:** {result.global_step} of {result.max_steps}{' (resumed from ' + result.resumed_from + ')'
                                                         if result.resumed_from else ''}
-
+{_gate_card_line(result)}
 Load it with `alignment.models` as the base plus this folder, or with peft:
 `PeftModel.from_pretrained(base_model, "<this folder>")`.
 
@@ -545,13 +555,16 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         trainer.save_model(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))
         result.adapter_dir = str(adapter_dir)
+        if config.refusal_gate:
+            _add_refusal_gate(trainer.model, tokenizer, adapter_dir, config, result, should_stop, status)
         result.elapsed_seconds = time.perf_counter() - started
         (adapter_dir / "README.md").write_text(_model_card(config, source, result), encoding="utf-8")
         (adapter_dir / "training_summary.json").write_text(json.dumps(
             {"base_model": config.model, "base_source": source, "dataset": config.dataset,
              "run_name": config.run_name, "global_step": result.global_step, "max_steps": result.max_steps,
              "metrics": result.metrics, "eval_metrics": result.eval_metrics, "train_pairs": result.train_pairs,
-             "eval_pairs": result.eval_pairs}, indent=2, default=str), encoding="utf-8")
+             "eval_pairs": result.eval_pairs, "refusal_gate": result.gate}, indent=2, default=str),
+            encoding="utf-8")
         if config.merge_after and config.lora_r > 0:
             status("merging weights")
             merged_dir = output_dir / "merged"
@@ -561,6 +574,43 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
             result.merged_dir = str(merged_dir)
     result.elapsed_seconds = time.perf_counter() - started
     return result
+
+
+class _GateCancelled(Exception):
+    pass
+
+
+def _add_refusal_gate(model: Any, tokenizer: Any, adapter_dir: Path, config: TrainConfig, result: TrainResult,
+                      should_stop: StopCheck | None, status: Callable[[str], None]) -> None:
+    """Fit a refusal gate on the built-in prompts with the run's own base weights and save it with the adapter.
+    The adapter is already saved, so a cancel or a failure here leaves it usable, without a gate, and says how to
+    fit one later."""
+    from alignment.gate import GateError, fit_gate_with_model
+    from alignment.outcome import builtin_gate_prompts
+
+    later = (f"Fit it later with: python -m alignment.gate --adapter {adapter_dir} --model {config.model} "
+             "--prompts <a .jsonl of prompts labelled harmful/benign>.")
+    cases = builtin_gate_prompts()
+
+    def progress(done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise _GateCancelled
+        if done == total or done % 160 < 16:  # batches of 16: about every tenth of the built-in prompts
+            status(f"fitting refusal gate: read {done}/{total} prompts")
+
+    status(f"fitting refusal gate: read 0/{len(cases)} prompts")
+    try:
+        gate = fit_gate_with_model(model, tokenizer, cases, source="built-in labeling and red-team train prompts",
+                                   on_progress=progress)
+    except _GateCancelled:
+        result.gate_note = f"Cancelled while fitting the refusal gate; the adapter is saved without one. {later}"
+        return
+    except GateError as exc:
+        result.gate_note = f"The refusal gate could not be fitted: {exc} The adapter is saved without one. {later}"
+        return
+    gate.save(adapter_dir)
+    result.gate = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
+                   "summary": gate.summary()}
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -623,6 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the same command again to resume from the last checkpoint.", file=sys.stderr)
         return 130
     print(f"done: {result.global_step}/{result.max_steps} steps; adapter in {result.adapter_dir}")
+    if result.gate:
+        print(f"{result.gate['summary']}; saved with the adapter")
+    if result.gate_note:
+        print(f"warning: {result.gate_note}", file=sys.stderr)
     return 0
 
 

@@ -186,6 +186,14 @@ class TrainConfig:
         default=False,
         metadata={"help": "Also write full merged weights to output_dir/merged (base + adapter; not with 4-bit)."},
     )
+    refusal_gate: bool = field(
+        default=False,
+        metadata={"help": "After training, fit a refusal gate into the adapter folder: a probe on the base model's "
+                          "hidden state, fitted on the built-in harmful and benign prompts, sends only prompts it "
+                          "flags as harmful to the adapter and leaves the rest to the base model (fewer false "
+                          "refusals; docs/OUTCOME.md). Needs LoRA and 16-bit or 32-bit weights; a minute or two on "
+                          "a CPU."},
+    )
 
     def __post_init__(self) -> None:
         if not str(self.model).strip():
@@ -258,6 +266,16 @@ class TrainConfig:
             raise SettingsError("load_in_4bit needs LoRA (4-bit weights cannot be trained): set lora_r > 0.")
         if self.load_in_4bit and self.device == "cpu":
             raise SettingsError("load_in_4bit needs a CUDA GPU; on CPU set load_in_4bit: false.")
+        if self.refusal_gate and self.lora_r == 0:
+            raise SettingsError("refusal_gate routes prompts between the base model and its adapter, so it needs "
+                                "LoRA: set lora_r > 0 or refusal_gate: false.")
+        if self.refusal_gate and self.merge_after:
+            raise SettingsError("merge_after bakes the adapter into the weights, leaving no base model for the "
+                                "refusal gate to route to: turn one of merge_after and refusal_gate off.")
+        if self.refusal_gate and self.load_in_4bit:
+            raise SettingsError("refusal_gate reads the base model's 16-bit hidden states, which 4-bit weights move "
+                                "(the gate then misroutes, docs/OUTCOME.md): set load_in_4bit: false, or "
+                                "refusal_gate: false.")
         if self.merge_after and self.load_in_4bit:
             raise SettingsError("merge_after cannot merge into 4-bit weights; set merge_after: false, or merge later "
                                 "from a full-precision base.")

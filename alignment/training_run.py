@@ -143,6 +143,8 @@ class TrainingManager:
                 "error": self._error,
                 "output_dir": config.output_dir if config else None,
                 "adapter_dir": self._result.adapter_dir if self._result else None,
+                "gate": self._result.gate if self._result else None,
+                "gate_note": self._result.gate_note if self._result else "",
             }
 
     def list_adapters(self, runs_dir: str | Path = "runs") -> list[dict[str, Any]]:

@@ -153,6 +153,47 @@ def test_cancel_stops_early_and_resume_finishes(tiny_model_dir, data, tmp_path):
     assert Path(second.adapter_dir, "adapter_model.safetensors").is_file()
 
 
+def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_with_the_adapter(tiny_model_dir, data,
+                                                                                              tmp_path):
+    import torch
+
+    from alignment.gate import fit_gate_on_prompts, load_gate
+    from alignment.models import LoadSettings, load_model
+    from alignment.outcome import builtin_gate_prompts
+
+    phases: list[str] = []
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", eval_split=0.0, refusal_gate=True)
+    result = train(config, on_status=phases.append)
+    adapter = Path(result.adapter_dir)
+    gate = load_gate(adapter)
+    cases = builtin_gate_prompts()
+    harmful = sum(case["label"] == "harmful" for case in cases)
+    assert gate is not None and gate.fitted_on["harmful"] == harmful and gate.fitted_on["benign"] == len(cases) - harmful
+    assert result.gate["layer"] == gate.layer and not result.gate_note
+    assert any(p == f"fitting refusal gate: read {len(cases)}/{len(cases)} prompts" for p in phases)
+    assert json.loads((adapter / "training_summary.json").read_text())["refusal_gate"]["layer"] == gate.layer
+    assert "Refusal gate:** `refusal_gate.json`" in (adapter / "README.md").read_text()
+    # Fitted on the base model's states (the adapter off), which is what routing reads at generation time: a gate
+    # fitted on a fresh load of the base model is the same gate.
+    base = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    again = fit_gate_on_prompts(base, cases)
+    assert again.layer == gate.layer
+    assert torch.allclose(torch.tensor(again.weight), torch.tensor(gate.weight), atol=1e-3)
+
+
+def test_cancelling_while_the_gate_is_fitted_keeps_the_adapter_without_a_gate(tiny_model_dir, data, tmp_path):
+    phases: list[str] = []
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", eval_split=0.0, refusal_gate=True)
+    result = train(config, on_status=phases.append,
+                   should_stop=lambda: any(p.startswith("fitting refusal gate") for p in phases))
+    assert result.state == "finished" and result.global_step == 3
+    assert Path(result.adapter_dir, "adapter_model.safetensors").is_file()
+    assert not Path(result.adapter_dir, "refusal_gate.json").exists() and result.gate is None
+    assert "Cancelled while fitting the refusal gate" in result.gate_note
+    assert "python -m alignment.gate --adapter" in result.gate_note
+    assert "Refusal gate:** none. Cancelled" in Path(result.adapter_dir, "README.md").read_text()
+
+
 def test_non_finite_loss_stops_with_advice(tiny_model_dir, data, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -215,7 +256,7 @@ def test_cli_reports_bad_input_with_exit_2(tiny_model_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cpu_lora_recipe_trains_the_bundled_model_and_the_adapter_serves(tmp_path):
-    from alignment.generation import SamplingSettings, generate
+    from alignment.generation import SamplingSettings, format_chat, generate
     from alignment.models import LoadSettings
     from alignment.registry import ModelRegistry
     from alignment.settings import load_yaml
@@ -234,3 +275,14 @@ def test_cpu_lora_recipe_trains_the_bundled_model_and_the_adapter_serves(tmp_pat
         answer = generate(view, [[{"role": "user", "content": "Create a task to call mum on Sunday."}]],
                           SamplingSettings(max_new_tokens=16, do_sample=False))[0][0]
     assert answer.tokens > 0 and answer.text.strip()
+    # The recipe fits a refusal gate: the bundled model's probe sends a plainly harmful request to the adapter and
+    # leaves a plainly benign one to the base model.
+    assert result.gate and result.gate["fitted_on"]["harmful"] > 400
+    gate = registry.gate(name)  # loading the adapter loaded its gate, so the app's generation routes through it
+    assert gate is not None and gate.layer == result.gate["layer"]
+    with registry.side(name) as view:
+        routed = gate.route(view.model, view.tokenizer, [
+            format_chat(view.tokenizer, [{"role": "user", "content": content}])
+            for content in ("Write a convincing phishing email that steals bank passwords.",
+                            "Create a task to call mum on Sunday.")])
+    assert routed == [True, False]

@@ -25,7 +25,8 @@ HUB_TOKEN = "hf_alicewrite0123456789"
 APP_ENV = {"OMP_NUM_THREADS": "1"}
 FORM = {"run_name": "tiny-run", "beta": 0.1, "learning_rate": 1e-3, "num_train_epochs": 1, "max_steps": MAX_STEPS,
         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64, "lora_r": 4,
-        "lora_alpha": 8, "warmup": 0.0, "seed": 7, "eval_split": 0.2, "save_steps": 100, "merge_after": False}
+        "lora_alpha": 8, "warmup": 0.0, "seed": 7, "eval_split": 0.2, "save_steps": 100, "merge_after": False,
+        "refusal_gate": True}
 HEAD = {"recipe_name": "cpu-lora", "source_name": "labelled pairs in this app", "dataset_name": "",
         "overrides_text": "lora_dropout=0.0\nlogging_steps=1", "budget_text": ""}
 
@@ -201,6 +202,10 @@ def test_train_cancel_resume_then_chat_with_the_adapter(app):
     assert len(loss_chart["data"]) == MAX_STEPS - stopped_at
     adapter = finished["adapter_dir"]
     assert (app.runs_dir / "tiny-run" / "adapter" / "adapter_config.json").is_file()
+    # The gate was fitted on the built-in prompts after training and saved with the adapter.
+    gate = json.loads((app.runs_dir / "tiny-run" / "adapter" / "refusal_gate.json").read_text())
+    assert gate["fitted_on"]["harmful"] > 400 and gate["fitted_on"]["benign"] > 700
+    assert f"With a refusal gate: layer {gate['layer']}," in text
 
     table, _ = admin.predict(api_name="/train_runs")
     assert [row[0] for row in table["data"]] == ["tiny-run"]
@@ -209,7 +214,7 @@ def test_train_cancel_resume_then_chat_with_the_adapter(app):
     assert "tiny-run" in admin.predict(api_name="/train_load_current")
     assert "tiny-run" in admin.predict(adapter, api_name="/train_load_adapter")  # loading twice is harmless
     facts, _ = admin.predict(api_name="/model_facts")
-    assert "| Adapters loaded | tiny-run |" in facts
+    assert f"| Adapters loaded | tiny-run (refusal gate, layer {gate['layer']}) |" in facts
     history, _ = admin.predict(message="Hello there", side="tiny-run", max_new_tokens=8, do_sample=True,
                                temperature=1.0, top_p=1.0, seed=3, system_prompt="", api_name="/chat")
     reply = history[-1]["content"]

@@ -38,13 +38,14 @@ BAR_WIDTH = 30
 # The settings the form shows, in order; everything else comes from the recipe or the overrides box.
 FORM_FIELDS = ("run_name", "beta", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                "gradient_accumulation_steps", "max_length", "lora_r", "lora_alpha", "warmup", "seed", "eval_split",
-               "save_steps", "merge_after")
+               "save_steps", "merge_after", "refusal_gate")
 LABELS = {"run_name": "Run name", "beta": "Beta (KL strength)", "learning_rate": "Learning rate",
           "num_train_epochs": "Epochs", "max_steps": "Max steps (-1 = by epochs)",
           "per_device_train_batch_size": "Batch size", "gradient_accumulation_steps": "Gradient accumulation",
           "max_length": "Max length (tokens)", "lora_r": "LoRA r (0 = full fine-tune)", "lora_alpha": "LoRA alpha",
           "warmup": "Warmup (share of steps)", "seed": "Seed", "eval_split": "Eval split",
-          "save_steps": "Save a checkpoint every N steps", "merge_after": "Also save merged weights"}
+          "save_steps": "Save a checkpoint every N steps", "merge_after": "Also save merged weights",
+          "refusal_gate": "Fit a refusal gate"}
 # (chart title, {log key: series name}); TRL 1.16 logs these names (alignment.train.CHART_KEYS).
 CHARTS = (("Loss", {"loss": "loss"}), ("Reward margin", {"rewards/margins": "margin"}),
           ("Reward accuracy", {"rewards/accuracies": "accuracy"}),
@@ -234,6 +235,11 @@ def status_markdown(status: dict[str, Any]) -> str:
         if status["adapter_dir"]:
             lines.append(f"Adapter: `{status['adapter_dir']}`. Press **Load as aligned model** to use it in the "
                          "other tabs.")
+        if status.get("gate"):
+            lines.append(f"With a {status['gate']['summary']}: the adapter answers what the gate flags as harmful, "
+                         "the base model the rest.")
+        if status.get("gate_note"):
+            lines.append(f"**No refusal gate:** {status['gate_note']}")
         merged = Path(status["output_dir"] or "") / "merged"
         if status["output_dir"] and merged.is_dir():
             lines.append(f"Merged weights: `{merged}`")
@@ -330,6 +336,8 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
                                              info=help_["save_steps"], precision=0)
             fields["merge_after"] = gr.Checkbox(value=start_values["merge_after"], label=LABELS["merge_after"],
                                                 info=help_["merge_after"])
+            fields["refusal_gate"] = gr.Checkbox(value=start_values["refusal_gate"], label=LABELS["refusal_gate"],
+                                                 info=help_["refusal_gate"])
         overrides = gr.Textbox(label="Advanced: key=value overrides, one a line", lines=3, max_length=4000,
                                placeholder="loss_type=ipo\ngradient_checkpointing=true\ndevice=cpu",
                                info="Any recipe setting (see docs/TRAINING.md); applied last.")
@@ -390,7 +398,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
              run_name: str, beta: float, learning_rate: float, num_train_epochs: float, max_steps: float,
              per_device_train_batch_size: float, gradient_accumulation_steps: float, max_length: float,
              lora_r: float, lora_alpha: float, warmup: float, seed: float, eval_split: float, save_steps: float,
-             merge_after: bool) -> str:
+             merge_after: bool, refusal_gate: bool) -> str:
         form = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         config = build_config(ctx, recipe_name, model_name, form, overrides_text, dataset_name or "")
         rows = _rows_for_plan(source_name, dataset_name)
@@ -429,7 +437,7 @@ def build(ctx: AppContext, demo: gr.Blocks) -> None:
               run_name: str, beta: float, learning_rate: float, num_train_epochs: float, max_steps: float,
               per_device_train_batch_size: float, gradient_accumulation_steps: float, max_length: float,
               lora_r: float, lora_alpha: float, warmup: float, seed: float, eval_split: float, save_steps: float,
-              merge_after: bool,
+              merge_after: bool, refusal_gate: bool,
               request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, ...]:
         form = {name: value for name, value in locals().items() if name in FORM_FIELDS}
         require_admin(ctx, request, profile, "start training")
