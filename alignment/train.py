@@ -596,9 +596,12 @@ def _add_refusal_gate(model: Any, tokenizer: Any, adapter_dir: Path, config: Tra
         if should_stop is not None and should_stop():
             raise _GateCancelled
         if done == total or done % 160 < 16:  # batches of 16: about every tenth of the built-in prompts
-            status(f"fitting refusal gate: read {done}/{total} prompts")
+            left = (time.perf_counter() - reading) / done * (total - done)
+            status(f"fitting refusal gate: read {done}/{total} prompts" + (
+                f", {_format_duration(left)} left" if done < total else ""))
 
     status(f"fitting refusal gate: read 0/{len(cases)} prompts")
+    reading = time.perf_counter()
     try:
         gate = fit_gate_with_model(model, tokenizer, cases, source="built-in labeling and red-team train prompts",
                                    on_progress=progress)
