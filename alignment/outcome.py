@@ -821,13 +821,13 @@ def _train_stage(train_config: Any, info_path: Path, label: str, status: Status)
     return info
 
 
-def _drop_evaluations(paths: Paths, status: Status) -> None:
-    """Delete evaluation reports made through an earlier gate (or none), so the evaluate stage redoes them."""
+def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
+    """Delete evaluation reports made with an earlier gate or settings, so the evaluate stage redoes them."""
     stale = sorted(paths.root.glob("eval_*.*"))
     for path in stale:
         path.unlink()
     if stale:
-        status(f"gate: changed, so the {len(stale)} evaluation files made before it will be redone")
+        status(message or f"gate: changed, so the {len(stale)} evaluation files made before it will be redone")
 
 
 # Settings that change only what the evaluate stage does, or only the gate (when the data stage does not rank
@@ -878,10 +878,8 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
                 path.unlink(missing_ok=True)
             status(f"settings: {', '.join(sorted(set(changes) & GATE_SETTINGS))} changed, so the gate is redone")
         if changes:
-            stale = sorted(paths.root.glob("eval_*.*"))
-            for path in stale:
-                path.unlink()
-            status(f"settings: {', '.join(sorted(changes))} changed, so the evaluations are redone")
+            _drop_evaluations(paths, status, f"settings: {', '.join(sorted(changes))} changed, so the evaluations are "
+                                             "redone")
     elif any(paths.root.iterdir()):
         status(f"settings: {paths.root} has no record of its settings (an older run); recording the current ones")
     _write_json(paths.settings, current)
