@@ -199,7 +199,9 @@ def evaluate(
         raise EvaluationError(f"adapter {adapter!r} was named but the model has no peft adapter loaded.")
     judge = load_judge(judge or settings.judge) if judge is None or isinstance(judge, str) else judge
     sides = ["base"] + (["aligned"] if adapter is not None else [])
-    references = [c for c in cases if c["label"] == "benign" and c.get("reference")] if settings.capability else []
+    reference_at = [i for i, c in enumerate(cases) if c["label"] == "benign" and c.get("reference")
+                    ] if settings.capability else []
+    references = [cases[i] for i in reference_at]
     total = len(cases) * len(sides) + len(references) * len(sides)
     done = 0
 
@@ -259,6 +261,15 @@ def evaluate(
             row["aligned"]["routed"] = routed[i]  # True: the adapter answered; False: the gate left it to the base
         rows.append(row)
     capability: dict[str, Any] = {"n_references": len(references)}
+    if routed and loglik.get("aligned"):
+        # Through a gate the aligned model is the adapter only for the prompts the gate flags; the base weights
+        # answer the rest, so their references score as the base model scores them. The adapter's own figure
+        # over every reference is kept beside it: it is what the gate hides.
+        adapter_alone = loglik["aligned"]
+        loglik["aligned"] = [a if routed[i] else b
+                             for i, a, b in zip(reference_at, adapter_alone, loglik["base"], strict=True)]
+        capability["references_routed"] = sum(routed[i] for i in reference_at)
+        capability["adapter_alone_loglik"] = _mean(adapter_alone)
     for side in sides:
         capability[f"{side}_loglik"] = _mean(loglik.get(side, []))
         capability[f"{side}_answer_rate"] = _answer_rate(rows, side)
@@ -268,6 +279,9 @@ def evaluate(
         # exp(-mean logprob) is per-token perplexity; the ratio says how much likelier or less likely
         # the aligned model finds the reference answers.
         capability["perplexity_ratio"] = math.exp(-capability["loglik_delta"])
+        if "adapter_alone_loglik" in capability:
+            capability["adapter_alone_perplexity_ratio"] = math.exp(
+                capability["base_loglik"] - capability["adapter_alone_loglik"])
     summary = summarize(rows)
     by_split = compliance_by_split(rows, sides[-1])
     return {

@@ -627,6 +627,10 @@ def _rate(summary: dict[str, Any], key: str, side: str) -> float | None:
     return value.get("value") if isinstance(value, dict) else value
 
 
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _rate_text(summary: dict[str, Any], key: str, side: str) -> str:
     """'12.5% (2/16, 95% CI 3.5-36.0%)' from a metrics Rate dict."""
     value = (summary.get(side) or {}).get(key) or {}
@@ -710,8 +714,15 @@ def markdown(outcome: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str
             lines += ["", f"Harm reduction: {red['value']:.1%}" + (
                 f" (95% CI {red['low']:.1%}-{red['high']:.1%})" if red.get("low") is not None else "")]
         cap = ev.get("capability") or {}
-        lines += ["", f"Capability: reference log-likelihood base {cap.get('base_loglik')}, aligned "
-                  f"{cap.get('aligned_loglik')}, perplexity ratio {cap.get('perplexity_ratio')}.", "", "Targets:"]
+        if cap.get("base_loglik") is not None:
+            lines += ["", f"Capability: mean reference log-likelihood base {_num(cap.get('base_loglik'))}, aligned "
+                      f"{_num(cap.get('aligned_loglik'))}, perplexity ratio {_num(cap.get('perplexity_ratio'), 2)}"
+                      + (f" (through the gate: the adapter answers {cap['references_routed']} of the "
+                         f"{cap['n_references']} reference prompts; the adapter alone on all of them: "
+                         f"{_num(cap.get('adapter_alone_loglik'))}, ratio "
+                         f"{_num(cap.get('adapter_alone_perplexity_ratio'), 2)})"
+                         if "references_routed" in cap else "") + "."]
+        lines += ["", "Targets:"]
         for key, check in ev["targets"].items():
             value = check.get("value", check.get("aligned"))
             lines.append(f"- {key}: {_pct(value)} (target {check['target']}): "

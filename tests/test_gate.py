@@ -4,11 +4,12 @@ evaluation through it on a tiny model with a real LoRA adapter."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from alignment.evaluate import EvalSettings, EvaluationError, attach_adapter, evaluate
+from alignment.evaluate import EvalSettings, EvaluationError, as_chat, attach_adapter, evaluate, reference_loglik
 from alignment.gate import (
     GATE_FILE,
     GateError,
@@ -179,6 +180,34 @@ def test_evaluate_routes_the_aligned_side_through_the_gate_and_says_so(tiny_mode
     (adapter / GATE_FILE).write_text("[]", encoding="utf-8")
     with pytest.raises(EvaluationError, match="refusal gate"):
         attach_adapter(other, adapter)
+
+
+def test_capability_through_a_gate_scores_unflagged_references_as_the_base_model(tiny_model_dir, tmp_path):
+    loaded = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    cases = [{"prompt": chat[0]["content"], "label": "benign", "category": "x", "template": None, "risky": False,
+              "reference": f"Here is a short, careful answer number {i}."} for i, chat in enumerate(CHATS)]
+    gate, flags = median_gate(loaded.model, loaded.tokenizer, CHATS)
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    gate.save(adapter)
+    name = attach_adapter(loaded, adapter)
+    settings = EvalSettings(max_new_tokens=4, batch_size=2)
+    gated = evaluate(loaded, cases, adapter=name, settings=settings)["capability"]
+    loaded.gates.pop(name)
+    alone = evaluate(loaded, cases, adapter=name, settings=settings)["capability"]
+    items = [(as_chat(c["prompt"]), c["reference"]) for c in cases]
+    with loaded.model.disable_adapter():
+        base = reference_loglik(loaded, items, batch_size=2)
+    adapter_scores = reference_loglik(loaded, items, batch_size=2)
+    assert base != pytest.approx(adapter_scores, abs=1e-4), "the adapter must move the scores to mean anything"
+
+    through_gate = [a if f else b for a, b, f in zip(adapter_scores, base, flags, strict=True)]
+    assert gated["references_routed"] == sum(flags) == 3
+    assert gated["aligned_loglik"] == pytest.approx(sum(through_gate) / len(through_gate), abs=1e-4)
+    assert gated["base_loglik"] == pytest.approx(sum(base) / len(base), abs=1e-4)
+    assert gated["adapter_alone_loglik"] == pytest.approx(alone["aligned_loglik"], abs=1e-4)
+    assert gated["perplexity_ratio"] == pytest.approx(math.exp(gated["base_loglik"] - gated["aligned_loglik"]))
+    assert gated["adapter_alone_perplexity_ratio"] == pytest.approx(alone["perplexity_ratio"], rel=1e-4)
+    assert "adapter_alone_loglik" not in alone and "references_routed" not in alone
 
 
 def test_the_answering_pass_keeps_the_states_a_gate_is_fitted_on(tiny_loaded):

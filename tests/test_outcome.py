@@ -335,6 +335,12 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     assert all(isinstance(row["aligned"]["routed"], bool) for row in independent["rows"])
     routed = independent["meta"]["gate"]["routed"]
     assert f"The gate sent {routed} of 3 prompts to the adapter." in (out / "report.md").read_text()
+    heldout = json.loads((out / "eval_redteam_heldout.json").read_text())
+    capability, rows = heldout["capability"], heldout["rows"]
+    assert capability["references_routed"] == sum(r["aligned"]["routed"] for r in rows if r.get("reference"))
+    assert capability["n_references"] > 0 and "adapter_alone_loglik" in capability
+    assert (f"the adapter answers {capability['references_routed']} of the {capability['n_references']} "
+            "reference prompts") in (out / "report.md").read_text()
 
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
