@@ -9,7 +9,14 @@ import math
 import pytest
 import torch
 
-from alignment.evaluate import EvalSettings, EvaluationError, as_chat, attach_adapter, evaluate, reference_loglik
+from alignment.evaluate import (
+    EvalSettings,
+    EvaluationError,
+    as_chat,
+    attach_adapter,
+    evaluate,
+    reference_loglik,
+)
 from alignment.gate import (
     GATE_FILE,
     GateError,
