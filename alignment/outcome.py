@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,11 @@ class OutcomeConfig:
     eval_prompts: str = field(
         default="alignment/data/outcome_eval.jsonl",
         metadata={"help": "Independent evaluation prompts (JSONL); empty to skip."})
+    test_prompts: str = field(
+        default="alignment/data/outcome_test.jsonl",
+        metadata={"help": "Test prompts (JSONL) kept out of training like the evaluation sets, but never evaluated by "
+                          "the pipeline: read them once, after the recipe is chosen, with python -m "
+                          "alignment.evaluate (docs/OUTCOME.md); empty for none."})
     benign_refusal: str = field(
         default="generic", metadata={"help": "Rejected side of benign pairs: 'topical' (worded like the harmful "
                                      "side's refusals, naming a harmful topic) or 'generic' (names no topic, opens "
@@ -276,14 +281,22 @@ def _behaviour_requests() -> dict[str, str]:
 
 
 def evaluation_requests(config: OutcomeConfig, plain: dict[str, str] | None = None) -> list[str]:
-    """The request texts of every evaluation case (a red-team case by its behaviour's plain request too).
+    """The request texts of every evaluation case and test prompt (a red-team case by its behaviour's plain
+    request too): what training must never see.
 
     ``plain`` maps behaviour ids to their plain requests (default: the built-in suite's)."""
     from alignment.evaluate import last_user_text
+    from alignment.redteam import load_prompts
 
     plain = _behaviour_requests() if plain is None else plain
     texts: list[str] = []
-    for cases in evaluation_sets(config).values():
+    kept_out = dict(evaluation_sets(config))
+    if config.test_prompts:
+        if not Path(config.test_prompts).is_file():
+            raise OutcomeError(f"test_prompts {config.test_prompts} does not exist; fix the path in the recipe or "
+                               "set it empty to keep no test prompts out of training.")
+        kept_out["test"] = load_prompts(config.test_prompts)
+    for cases in kept_out.values():
         for case in cases:
             texts.append(last_user_text(case["prompt"]))
             if case.get("behaviour") in plain:
@@ -844,7 +857,10 @@ def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
 # Settings that change only what the evaluate stage does, or only the gate (when the data stage does not rank
 # prompts with a gate): a run folder made with other values of these is updated in place; any other change would
 # reuse pairs or an adapter made with the old settings, so it is refused. ``threads`` changes only the speed.
+# What is held out also decides what training may use (near-duplicates are dropped), so the HELD_OUT ones are
+# taken in place only when the training prompts come out the same.
 EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "heldout_per_template", "heldout_benign"})
+HELD_OUT_SETTINGS = frozenset({"eval_prompts", "heldout_per_template", "heldout_benign", "test_prompts"})
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 SPEED_SETTINGS = frozenset({"threads"})
 
@@ -874,8 +890,11 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
         changes = changed_settings(json.loads(paths.settings.read_text()), current)
         # With benign_sampling: gate the data stage ranks prompts with a gate of its own (changing
         # benign_sampling itself is refused like any data setting).
-        in_place = EVALUATION_SETTINGS | (set() if config.benign_sampling == "gate" else GATE_SETTINGS)
+        in_place = EVALUATION_SETTINGS | {"test_prompts"} | (
+            set() if config.benign_sampling == "gate" else GATE_SETTINGS)
         reused = sorted(set(changes) - in_place)
+        if not reused and set(changes) & HELD_OUT_SETTINGS:
+            reused = sorted(_held_out_changes_reaching_training(config, changes))
         if reused:
             listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in reused)
             raise OutcomeError(
@@ -888,12 +907,27 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
             for path in (paths.adapter / GATE_FILE, paths.gate_info):
                 path.unlink(missing_ok=True)
             status(f"settings: {', '.join(sorted(set(changes) & GATE_SETTINGS))} changed, so the gate is redone")
-        if changes:
+        if set(changes) - {"test_prompts"}:  # test prompts are never evaluated here
             _drop_evaluations(paths, status, f"settings: {', '.join(sorted(changes))} changed, so the evaluations are "
                                              "redone")
     elif any(paths.root.iterdir()):
         status(f"settings: {paths.root} has no record of its settings (an older run); recording the current ones")
     _write_json(paths.settings, current)
+
+
+def _held_out_changes_reaching_training(config: OutcomeConfig, changes: dict[str, tuple[Any, Any]]) -> set[str]:
+    """The changed held-out settings, when with the old values the training prompts would differ (none: same)."""
+    held_out = {key: old for key, (old, _new) in changes.items() if key in HELD_OUT_SETTINGS}
+    # A folder recorded before test_prompts existed kept nothing out for it.
+    before = replace(config, **{key: "" if old == "(unset)" else old for key, old in held_out.items()})
+    for all_labeling in (False, True):
+        try:
+            was = training_prompts(before, all_labeling)
+        except OutcomeError:  # the old file is gone, so what it kept out cannot be known
+            return set(held_out)
+        if was != training_prompts(config, all_labeling):
+            return set(held_out)
+    return set()
 
 
 def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],

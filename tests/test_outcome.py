@@ -80,6 +80,10 @@ def test_training_prompts_never_use_heldout_or_evaluation_prompts():
     assert not any("pipe bomb" in t.lower() and "step-by-step" in t.lower() for t in texts)
     words = [request_words(t) for t in independent]
     assert not any(same_request(request_words(t), w) for t in texts for w in words)
+    # The test prompts are kept out too, though the pipeline never evaluates them.
+    test = [request_words(last_user_text(c["prompt"])) for c in load_prompts(config.test_prompts)]
+    assert len(test) > 100
+    assert not any(same_request(request_words(t), w) for t in texts for w in test)
 
 
 def test_all_labeling_takes_every_prompt_of_the_labeling_sets_the_recipe_uses_and_still_filters():
@@ -501,6 +505,35 @@ def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny
     assert outcome["evaluations"]["independent"]["cases"] == 3
     assert (out / "data/pairs.jsonl").read_bytes() == pairs
     assert json.loads((out / "settings.json").read_text())["outcome"]["eval_max_new_tokens"] == 3
+
+    # What is held out also decides what training may use. A folder recorded before test_prompts existed, or a
+    # test set that keeps out none of its training prompts, is taken as it is, evaluations included (the pipeline
+    # never evaluates test prompts)...
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["outcome"]["test_prompts"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    evaluation = (out / "eval_independent.json").read_bytes()
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"prompt": "Compose a limerick about a lighthouse keeper's parrot.",
+                                "label": "benign", "category": "everyday", "risky": False}) + "\n")
+    config.test_prompts = str(test)
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 4, messages
+    assert (out / "eval_independent.json").read_bytes() == evaluation
+    assert json.loads((out / "settings.json").read_text())["outcome"]["test_prompts"] == str(test)
+    # ... but one that would take a prompt away from training is refused like any data setting.
+    trained_on = json.loads((out / "data/pairs.jsonl").read_text().splitlines()[0])["prompt"][-1]["content"]
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": trained_on, "label": "harmful", "category": "fraud"}) + "\n")
+    config.test_prompts = str(other)
+    with pytest.raises(OutcomeError, match=r"test_prompts: .*test\.jsonl.* -> .*other\.jsonl.* --fresh"):
+        run_pipeline(config, train, out, status=messages.append)
+    # When the old file is gone, what it kept out cannot be told, so that is refused too.
+    config.test_prompts = str(test.rename(tmp_path / "moved.jsonl"))
+    with pytest.raises(OutcomeError, match=r"test_prompts: .*test\.jsonl.* -> .*moved\.jsonl"):
+        run_pipeline(config, train, out, status=messages.append)
+    assert (out / "data/pairs.jsonl").read_bytes() == pairs
 
     # --fresh starts the folder over with the new settings.
     messages.clear()
