@@ -16,8 +16,10 @@ and one with any other change is refused rather than reuse pairs or an adapter m
               an answered harmful one) become the rejected side of their pairs, and a second, shorter DPO phase
               continues the first adapter on them (on-policy negatives; ``adapter/`` is the result).
 3. evaluate - base vs aligned (same weights, adapter off/on), greedy, on the red-team HELD-OUT split (whole
-              behaviours and templates unseen in training) and on alignment/data/outcome_eval.jsonl (prompts
-              written independently of the training data).
+              behaviours and templates unseen in training), on alignment/data/outcome_eval.jsonl (prompts
+              written independently of the training data) and, with ``dev_prompts``, on the development set.
+              ``test_prompts`` (alignment/data/outcome_test.jsonl) are only kept out of training: read them once,
+              with python -m alignment.evaluate, after the settings are chosen.
 4. report   - report.json and report.md: the rates, the targets and whether they are met, examples.
 
 Run it:
@@ -86,6 +88,9 @@ class OutcomeConfig:
     eval_prompts: str = field(
         default="alignment/data/outcome_eval.jsonl",
         metadata={"help": "Independent evaluation prompts (JSONL); empty to skip."})
+    dev_prompts: str = field(
+        default="", metadata={"help": "Development prompts (JSONL), evaluated with every run like eval_prompts: the "
+                                      "set to choose settings on, so that the others stay unread; empty to skip."})
     test_prompts: str = field(
         default="alignment/data/outcome_test.jsonl",
         metadata={"help": "Test prompts (JSONL) kept out of training like the evaluation sets, but never evaluated by "
@@ -614,7 +619,7 @@ def first_adapter_answers(config: OutcomeConfig, adapter: Path, held: Sequence[d
 
 
 def evaluation_sets(config: OutcomeConfig) -> dict[str, list[dict[str, Any]]]:
-    """The held-out evaluation sets: red-team heldout split, and the independent prompts file."""
+    """The held-out evaluation sets: red-team heldout split, the independent prompts file and the dev set."""
     from alignment.redteam import build_cases, load_prompts
 
     heldout = build_cases(suites=["harmful"], split="heldout", limit_per_template=config.heldout_per_template,
@@ -629,6 +634,11 @@ def evaluation_sets(config: OutcomeConfig) -> dict[str, list[dict[str, Any]]]:
             raise OutcomeError(f"eval_prompts {config.eval_prompts} does not exist; fix the path in the recipe "
                                "or set it empty to skip that evaluation.")
         sets["independent"] = load_prompts(config.eval_prompts)
+    if config.dev_prompts:
+        if not Path(config.dev_prompts).is_file():
+            raise OutcomeError(f"dev_prompts {config.dev_prompts} does not exist; fix the path in the recipe or set "
+                               "it empty to skip that evaluation.")
+        sets["dev"] = load_prompts(config.dev_prompts)
     return sets
 
 
@@ -859,8 +869,10 @@ def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
 # reuse pairs or an adapter made with the old settings, so it is refused. ``threads`` changes only the speed.
 # What is held out also decides what training may use (near-duplicates are dropped), so the HELD_OUT ones are
 # taken in place only when the training prompts come out the same.
-EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "heldout_per_template", "heldout_benign"})
-HELD_OUT_SETTINGS = frozenset({"eval_prompts", "heldout_per_template", "heldout_benign", "test_prompts"})
+EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "dev_prompts", "heldout_per_template",
+                                 "heldout_benign"})
+HELD_OUT_SETTINGS = frozenset({"eval_prompts", "dev_prompts", "heldout_per_template", "heldout_benign",
+                               "test_prompts"})
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 SPEED_SETTINGS = frozenset({"threads"})
 
