@@ -32,6 +32,7 @@ Run it:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -39,7 +40,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -867,26 +868,36 @@ def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
 # Settings that change only what the evaluate stage does, or only the gate (when the data stage does not rank
 # prompts with a gate): a run folder made with other values of these is updated in place; any other change would
 # reuse pairs or an adapter made with the old settings, so it is refused. ``threads`` changes only the speed.
-# What is held out also decides what training may use (near-duplicates are dropped), so the HELD_OUT ones are
-# taken in place only when the training prompts come out the same.
+# What training may use is recorded apart from the settings (``data``): the labeling sets can be edited, and what is
+# held out decides what is dropped from them, so a changed evaluation set is taken in place only when the training
+# prompts come out the same.
 EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "dev_prompts", "heldout_per_template",
                                  "heldout_benign"})
-HELD_OUT_SETTINGS = frozenset({"eval_prompts", "dev_prompts", "heldout_per_template", "heldout_benign",
-                               "test_prompts"})
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 SPEED_SETTINGS = frozenset({"threads"})
+TRAINING_PROMPTS = "data.training_prompts"
+
+
+def training_prompts_digest(config: OutcomeConfig) -> str:
+    """A fingerprint of every prompt training may use: the recipe's sample and the gate's whole fitting set."""
+    digest = hashlib.sha256()
+    for all_labeling in (False, True):
+        for prompts in training_prompts(config, all_labeling):
+            digest.update(json.dumps(prompts, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]:
     """What a run folder was made with, as JSON values (recorded in ``settings.json``)."""
     outcome = {k: v for k, v in asdict(config).items() if k not in SPEED_SETTINGS}
-    return json.loads(json.dumps({"outcome": outcome, "train": train}, default=str))
+    return json.loads(json.dumps({"outcome": outcome, "train": train,
+                                  "data": {"training_prompts": training_prompts_digest(config)}}, default=str))
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{"lr": (old, new), "train.beta": (old, new)}`` for every setting whose value differs."""
     changes: dict[str, tuple[Any, Any]] = {}
-    for section, prefix in (("outcome", ""), ("train", "train.")):
+    for section, prefix in (("outcome", ""), ("train", "train."), ("data", "data.")):
         before, after = old.get(section, {}), new.get(section, {})
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
@@ -895,20 +906,24 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
 
 
 def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, status: Status) -> None:
-    """Refuse to reuse stage outputs made with other settings; redo only the gate or the evaluations when only
-    their settings changed. Records the settings the folder is now made with."""
+    """Refuse to reuse stage outputs made with other settings or other training prompts; redo only the gate or the
+    evaluations when only their settings changed. Records the settings the folder is now made with."""
     current = run_settings(config, train)
     if paths.settings.is_file():
         changes = changed_settings(json.loads(paths.settings.read_text()), current)
+        if changes.get(TRAINING_PROMPTS, ("",))[0] == "(unset)":
+            # Recorded before the prompts were: what they were cannot be known, and the settings are compared.
+            status("settings: the folder has no record of its training prompts (an older run); recording them")
+            del changes[TRAINING_PROMPTS]
         # With benign_sampling: gate the data stage ranks prompts with a gate of its own (changing
-        # benign_sampling itself is refused like any data setting).
+        # benign_sampling itself is refused like any data setting). Test prompts only take part through the
+        # training prompts they keep out.
         in_place = EVALUATION_SETTINGS | {"test_prompts"} | (
             set() if config.benign_sampling == "gate" else GATE_SETTINGS)
-        reused = sorted(set(changes) - in_place)
-        if not reused and set(changes) & HELD_OUT_SETTINGS:
-            reused = sorted(_held_out_changes_reaching_training(config, changes))
-        if reused:
-            listed = "; ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}" for key in reused)
+        if set(changes) - in_place:
+            listed = "; ".join(
+                "training prompts: the prompt sets, or what is held out of them, changed" if key == TRAINING_PROMPTS
+                else f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
             raise OutcomeError(
                 f"{paths.root} was made with other settings ({listed}), and its earlier stages would be reused as "
                 f"if made with these. Nothing was changed. Re-run with --fresh to redo the run in this folder, or "
@@ -925,21 +940,6 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
     elif any(paths.root.iterdir()):
         status(f"settings: {paths.root} has no record of its settings (an older run); recording the current ones")
     _write_json(paths.settings, current)
-
-
-def _held_out_changes_reaching_training(config: OutcomeConfig, changes: dict[str, tuple[Any, Any]]) -> set[str]:
-    """The changed held-out settings, when with the old values the training prompts would differ (none: same)."""
-    held_out = {key: old for key, (old, _new) in changes.items() if key in HELD_OUT_SETTINGS}
-    # A folder recorded before test_prompts existed kept nothing out for it.
-    before = replace(config, **{key: "" if old == "(unset)" else old for key, old in held_out.items()})
-    for all_labeling in (False, True):
-        try:
-            was = training_prompts(before, all_labeling)
-        except OutcomeError:  # the old file is gone, so what it kept out cannot be known
-            return set(held_out)
-        if was != training_prompts(config, all_labeling):
-            return set(held_out)
-    return set()
 
 
 def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], stage: Callable[[str], str],

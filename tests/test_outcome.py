@@ -510,7 +510,7 @@ def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny
     # test set that keeps out none of its training prompts, is taken as it is, evaluations included (the pipeline
     # never evaluates test prompts)...
     settings = json.loads((out / "settings.json").read_text())
-    del settings["outcome"]["test_prompts"]
+    del settings["outcome"]["test_prompts"], settings["data"]
     (out / "settings.json").write_text(json.dumps(settings))
     evaluation = (out / "eval_independent.json").read_bytes()
     test = tmp_path / "test.jsonl"
@@ -520,6 +520,7 @@ def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
     assert sum("reusing" in m for m in messages) == 4, messages
+    assert any("no record of its training prompts" in m for m in messages)
     assert (out / "eval_independent.json").read_bytes() == evaluation
     assert json.loads((out / "settings.json").read_text())["outcome"]["test_prompts"] == str(test)
     # A dev set is evaluated with the others from then on, the data and the adapter kept.
@@ -542,13 +543,15 @@ def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"prompt": trained_on, "label": "harmful", "category": "fraud"}) + "\n")
     config.test_prompts = str(other)
-    with pytest.raises(OutcomeError, match=r"test_prompts: .*test\.jsonl.* -> .*other\.jsonl.* --fresh"):
-        run_pipeline(config, train, out, status=messages.append)
-    # When the old file is gone, what it kept out cannot be told, so that is refused too.
-    config.test_prompts = str(test.rename(tmp_path / "moved.jsonl"))
-    with pytest.raises(OutcomeError, match=r"test_prompts: .*test\.jsonl.* -> .*moved\.jsonl"):
+    with pytest.raises(OutcomeError, match=r"test_prompts: .*test\.jsonl.* -> .*other\.jsonl.*training prompts: "
+                                           r"the prompt sets, or what is held out of them, changed.* --fresh"):
         run_pipeline(config, train, out, status=messages.append)
     assert (out / "data/pairs.jsonl").read_bytes() == pairs
+    # The same prompts kept out under another name change nothing.
+    config.test_prompts = str(test.rename(tmp_path / "moved.jsonl"))
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 5, messages  # the dev set's evaluation too
 
     # --fresh starts the folder over with the new settings.
     messages.clear()
