@@ -1,8 +1,8 @@
 """Take the README's screenshots in headless Chromium: the Compare tab (bundled model vs a trained adapter on a
-harmful preset) and the Label tab.
+harmful preset), the Label tab and the Train tab (its form, as a newcomer first sees it).
 
 Run: .venv/bin/python scripts/readme_screenshots.py --adapter runs/refusal-bundled-cpu/adapter
-Writes docs/images/compare.png and docs/images/label.png. Needs /usr/bin/chromium (make browser).
+Writes docs/images/compare.png, label.png and train.png. Needs /usr/bin/chromium (make browser).
 """
 
 from __future__ import annotations
@@ -82,10 +82,16 @@ def main() -> int:
             page.get_by_text("Judge:", exact=False).first.wait_for()
             page.get_by_role("tab", name="Compare").scroll_into_view_if_needed()
             page.screenshot(path=str(out / "compare.png"))
+
+            page.set_viewport_size({"width": 1400, "height": 1200})  # down to the last settings row
+            page.get_by_role("tab", name="Train").click()
+            page.get_by_text("Fit a refusal gate", exact=False).first.wait_for()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(out / "train.png"))
             browser.close()
     finally:
         app.stop()
-    print(f"wrote {out / 'compare.png'} and {out / 'label.png'}")
+    print(f"wrote {out / 'compare.png'}, {out / 'label.png'} and {out / 'train.png'}")
     return 0
 
 
