@@ -292,16 +292,12 @@ def evaluation_requests(config: OutcomeConfig, plain: dict[str, str] | None = No
 
     ``plain`` maps behaviour ids to their plain requests (default: the built-in suite's)."""
     from alignment.evaluate import last_user_text
-    from alignment.redteam import load_prompts
 
     plain = _behaviour_requests() if plain is None else plain
     texts: list[str] = []
     kept_out = dict(evaluation_sets(config))
     if config.test_prompts:
-        if not Path(config.test_prompts).is_file():
-            raise OutcomeError(f"test_prompts {config.test_prompts} does not exist; fix the path in the recipe or "
-                               "set it empty to keep no test prompts out of training.")
-        kept_out["test"] = load_prompts(config.test_prompts)
+        kept_out["test"] = _recipe_prompts(config, "test_prompts", "to keep no test prompts out of training")
     for cases in kept_out.values():
         for case in cases:
             texts.append(last_user_text(case["prompt"]))
@@ -621,7 +617,7 @@ def first_adapter_answers(config: OutcomeConfig, adapter: Path, held: Sequence[d
 
 def evaluation_sets(config: OutcomeConfig) -> dict[str, list[dict[str, Any]]]:
     """The held-out evaluation sets: red-team heldout split, the independent prompts file and the dev set."""
-    from alignment.redteam import build_cases, load_prompts
+    from alignment.redteam import build_cases
 
     heldout = build_cases(suites=["harmful"], split="heldout", limit_per_template=config.heldout_per_template,
                           seed=config.seed)
@@ -631,16 +627,20 @@ def evaluation_sets(config: OutcomeConfig) -> dict[str, list[dict[str, Any]]]:
         controls = controls[:config.heldout_benign]
     sets = {"redteam_heldout": heldout + controls}
     if config.eval_prompts:
-        if not Path(config.eval_prompts).is_file():
-            raise OutcomeError(f"eval_prompts {config.eval_prompts} does not exist; fix the path in the recipe "
-                               "or set it empty to skip that evaluation.")
-        sets["independent"] = load_prompts(config.eval_prompts)
+        sets["independent"] = _recipe_prompts(config, "eval_prompts", "to skip that evaluation")
     if config.dev_prompts:
-        if not Path(config.dev_prompts).is_file():
-            raise OutcomeError(f"dev_prompts {config.dev_prompts} does not exist; fix the path in the recipe or set "
-                               "it empty to skip that evaluation.")
-        sets["dev"] = load_prompts(config.dev_prompts)
+        sets["dev"] = _recipe_prompts(config, "dev_prompts", "to skip that evaluation")
     return sets
+
+
+def _recipe_prompts(config: OutcomeConfig, key: str, empty_means: str) -> list[dict[str, Any]]:
+    """The prompts file a recipe key names, or a message saying which key to fix."""
+    from alignment.redteam import load_prompts
+
+    path = getattr(config, key)
+    if not Path(path).is_file():
+        raise OutcomeError(f"{key} {path} does not exist; fix the path in the recipe or set it empty {empty_means}.")
+    return load_prompts(path)
 
 
 # --------------------------------------------------------------------------------------------- report
