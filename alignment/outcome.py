@@ -128,6 +128,14 @@ class OutcomeConfig:
                                       "or 'labeling' (those, and every other prompt of the labeling sets the "
                                       "recipe draws from, after the same overlap filter; the red-team train split "
                                       "stays at its sample, a few behaviours in many wordings)."})
+    gate_extra_prompts: str = field(
+        default="", metadata={"help": "Prompts (JSONL with prompt and label harmful/benign) the refusal gate is "
+                                      "fitted on besides gate_prompts, and nothing else: they never become "
+                                      "preference pairs and the data stage's ranking never reads them, so changing "
+                                      "them redoes only the gate and the evaluations. Benign requests that look "
+                                      "harmful beside harmful ones in the same words teach the gate intent rather "
+                                      "than alarming words; the overlap filter drops any that match a held-out "
+                                      "prompt. Empty for none."})
     benign_sampling: str = field(
         default="random", metadata={"help": "How benign_labeling and risky_labeling prompts are drawn from their "
                                     "labeling sets: 'random' (a seeded sample) or 'gate' (those a gate fitted on "
@@ -159,6 +167,9 @@ class OutcomeConfig:
         if self.benign_sampling == "gate" and not (self.gate and self.gate_prompts == "labeling"):
             raise SettingsError("benign_sampling: gate ranks the labeling prompts by the refusal gate, so it needs "
                                 "gate: true and gate_prompts: labeling; set those, or benign_sampling: random.")
+        if self.gate_extra_prompts and not self.gate:
+            raise SettingsError("gate_extra_prompts are prompts the refusal gate is fitted on, so they need gate: true; "
+                                "set that, or gate_extra_prompts: '' (empty).")
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         validate_range("helpful_repeats", self.helpful_repeats, 1, 100)
@@ -218,7 +229,6 @@ def training_prompts(config: OutcomeConfig, all_labeling: bool = False
 
     ``all_labeling`` takes every prompt of each labeling set the recipe draws from (a set at 0 stays off) instead
     of the recipe's sample of it: the refusal gate's fitting set with ``gate_prompts: labeling``."""
-    from alignment.evaluate import last_user_text
     from alignment.redteam import build_cases
     from labeling.prompt_sets import load_set
 
@@ -247,10 +257,19 @@ def training_prompts(config: OutcomeConfig, all_labeling: bool = False
         for case in controls[:config.benign_redteam]:
             benign.append({"id": case["id"], "prompt": case["prompt"], "category": case["category"],
                            "risky": case["risky"], "reference": case.get("reference"), "source": "redteam"})
-    # The prompt collections overlap in places (the same everyday question in two sets, or reworded: "What's the
-    # capital of Australia?" / "What is the capital of Australia?"): drop anything that is the same request as an
-    # evaluation prompt, so the held-out figures stay held out. A red-team case is compared by its behaviour's
-    # plain request, and a behaviour that matches drops all of its templated cases.
+    kept = not_held_out(config)
+    return [h for h in harmful if kept(h)], [b for b in benign if kept(b)]
+
+
+def not_held_out(config: OutcomeConfig) -> Callable[[dict[str, Any]], bool]:
+    """A test that a training prompt is not the same request as any evaluation, dev or test prompt.
+
+    The prompt collections overlap in places (the same everyday question in two sets, or reworded: "What's the
+    capital of Australia?" / "What is the capital of Australia?"); dropping those keeps the held-out figures held
+    out. A red-team case is compared by its behaviour's plain request, and a behaviour that matches drops all of its
+    templated cases."""
+    from alignment.evaluate import last_user_text
+
     plain = _behaviour_requests()
     evaluated = [request_words(text) for text in evaluation_requests(config, plain)]
 
@@ -258,7 +277,24 @@ def training_prompts(config: OutcomeConfig, all_labeling: bool = False
         words = request_words(plain.get(item.get("behaviour") or "") or last_user_text(item["prompt"]))
         return not any(same_request(words, other) for other in evaluated)
 
-    return [h for h in harmful if kept(h)], [b for b in benign if kept(b)]
+    return kept
+
+
+def gate_extra_rows(config: OutcomeConfig) -> list[dict[str, Any]]:
+    """The recipe's gate-only prompts (``gate_extra_prompts``) that are not held out, as gate rows."""
+    if not config.gate_extra_prompts:
+        return []
+    cases = _recipe_prompts(config, "gate_extra_prompts", "to fit the gate on the labeling prompts alone")
+    kept = not_held_out(config)
+    return [{"prompt": case["prompt"], "label": case["label"], "category": case.get("category")}
+            for case in cases if kept(case)]
+
+
+def gate_fitting_rows(config: OutcomeConfig) -> list[dict[str, Any]]:
+    """Every prompt the recipe's gate is fitted on, labelled: the training prompts (all of each labeling set with
+    ``gate_prompts: labeling``), then the gate-only prompts."""
+    return [*gate_prompt_rows(*training_prompts(config, all_labeling=config.gate_prompts == "labeling")),
+            *gate_extra_rows(config)]
 
 
 _STOPWORDS = frozenset(
@@ -490,10 +526,10 @@ def gate_ranked_prompts(loaded: Any, config: OutcomeConfig, status: Status, stat
 
 
 def builtin_gate_prompts() -> list[dict[str, Any]]:
-    """The prompts the recipe's gate is fitted on (``gate_prompts: labeling``): every built-in labeling prompt and
-    the red-team TRAIN split, labelled harmful or benign; what a gate for any adapter of this app is fitted on."""
+    """The prompts the recipe's gate is fitted on: every built-in labeling prompt, the red-team TRAIN split and the
+    recipe's gate-only prompts, labelled harmful or benign; what a gate for any adapter of this app is fitted on."""
     config, _ = load_outcome_config(str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG))
-    return gate_prompt_rows(*training_prompts(config, all_labeling=True))
+    return gate_fitting_rows(config)
 
 
 def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -874,6 +910,9 @@ def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
 EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "dev_prompts", "heldout_per_template",
                                  "heldout_benign"})
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
+# Prompts only the gate is fitted on: the data stage never reads them, so they redo the gate alone, whatever
+# benign_sampling is.
+GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts"})
 SPEED_SETTINGS = frozenset({"threads"})
 TRAINING_PROMPTS = "data.training_prompts"
 
@@ -890,8 +929,11 @@ def training_prompts_digest(config: OutcomeConfig) -> str:
 def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]:
     """What a run folder was made with, as JSON values (recorded in ``settings.json``)."""
     outcome = {k: v for k, v in asdict(config).items() if k not in SPEED_SETTINGS}
-    return json.loads(json.dumps({"outcome": outcome, "train": train,
-                                  "data": {"training_prompts": training_prompts_digest(config)}}, default=str))
+    data = {"training_prompts": training_prompts_digest(config)}
+    if config.gate_extra_prompts:  # recorded only when set, so folders made before the setting existed still match
+        extra = json.dumps(gate_extra_rows(config), sort_keys=True, default=str).encode()
+        data["gate_extra_prompts"] = hashlib.sha256(extra).hexdigest()[:16]
+    return json.loads(json.dumps({"outcome": outcome, "train": train, "data": data}, default=str))
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -918,7 +960,7 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
         # With benign_sampling: gate the data stage ranks prompts with a gate of its own (changing
         # benign_sampling itself is refused like any data setting). Test prompts only take part through the
         # training prompts they keep out.
-        in_place = EVALUATION_SETTINGS | {"test_prompts"} | (
+        in_place = EVALUATION_SETTINGS | GATE_ONLY_SETTINGS | {"test_prompts"} | (
             set() if config.benign_sampling == "gate" else GATE_SETTINGS)
         if set(changes) - in_place:
             listed = "; ".join(
@@ -928,12 +970,13 @@ def _check_settings(config: OutcomeConfig, train: dict[str, Any], paths: Paths, 
                 f"{paths.root} was made with other settings ({listed}), and its earlier stages would be reused as "
                 f"if made with these. Nothing was changed. Re-run with --fresh to redo the run in this folder, or "
                 f"give --output-dir a new folder to keep both.")
-        if set(changes) & GATE_SETTINGS:
+        gate_changes = set(changes) & (GATE_SETTINGS | GATE_ONLY_SETTINGS)
+        if gate_changes:
             from alignment.gate import GATE_FILE
 
             for path in (paths.adapter / GATE_FILE, paths.gate_info):
                 path.unlink(missing_ok=True)
-            status(f"settings: {', '.join(sorted(set(changes) & GATE_SETTINGS))} changed, so the gate is redone")
+            status(f"settings: {', '.join(sorted(gate_changes))} changed, so the gate is redone")
         if set(changes) - {"test_prompts"}:  # test prompts are never evaluated here
             _drop_evaluations(paths, status, f"settings: {', '.join(sorted(changes))} changed, so the evaluations are "
                                              "redone")
@@ -968,14 +1011,16 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     # did not sample show it benign requests in the harmful ones' wording ("Create a task to..."). Written out
     # so `python -m alignment.gate` can refit the same gate.
     started = time.perf_counter()
-    write_jsonl(gate_prompt_rows(*training_prompts(config, all_labeling=config.gate_prompts == "labeling")),
-                paths.gate_prompts)
+    extra = len(gate_extra_rows(config))
+    write_jsonl(gate_fitting_rows(config), paths.gate_prompts)
     cases = load_prompts(str(paths.gate_prompts))
-    status(f"{stage('gate')}: fitting on {len(cases)} prompts ({config.gate_prompts}), reading those the data "
-           "stage did not answer with the base model")
+    source = config.gate_prompts + (f", {extra} of them from {config.gate_extra_prompts}" if extra else "")
+    status(f"{stage('gate')}: fitting on {len(cases)} prompts ({source}), reading those the data stage did not "
+           "answer with the base model")
     states = prompt_states(model(), [case["prompt"] for case in cases], paths.gate_states, ProgressPrinter("gate"))
     labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
-    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on={"source": str(paths.gate_prompts)})
+    fitted_on = {"source": str(paths.gate_prompts), **({"gate_only": extra} if extra else {})}
+    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on)
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
