@@ -565,7 +565,8 @@ def _save_states(texts: Sequence[str], states: Any, path: Path) -> None:
 def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
                   on_progress: Callable[[int, int], None] | None = None) -> Any:
     """The base model's hidden states (all layers) at each prompt's last token: those the data stage kept in
-    ``kept``, and one forward pass, adapters off, for the rest."""
+    ``kept``, and one forward pass, adapters off, for the rest, which are added to ``kept`` (a refit of the gate,
+    and scripts/gate_features.py, find every gate prompt there)."""
     import torch
 
     from alignment.gate import base_weights, last_position_states
@@ -579,6 +580,8 @@ def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
         with loaded.lock, base_weights(loaded.model):
             read = last_position_states(loaded.model, loaded.tokenizer, missing, on_progress=on_progress)
         found.update(zip(missing, read.half(), strict=True))
+        if kept is not None:
+            _save_states(list(found), torch.stack(list(found.values())), kept)
     return torch.stack([found[text] for text in texts]).float()
 
 

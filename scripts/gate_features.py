@@ -125,13 +125,20 @@ def main(argv: list[str] | None = None) -> int:
               "(python -m alignment.outcome --config recipes/refusal-bundled-cpu.yaml).", file=sys.stderr)
         return 2
     rows = [json.loads(line) for line in prompts_file.read_text().splitlines() if line.strip()]
-    last = torch.load(states_file)["states"].float()
     y = torch.tensor([row["label"] == "harmful" for row in rows], dtype=torch.float32)
     categories = [row.get("category", "") for row in rows]
     risky = torch.tensor([c.startswith("risky") for c in categories])
 
     loaded = load_model(model="bundled", device="cpu")
     texts = [format_chat(loaded.tokenizer, as_chat(row["prompt"])) for row in rows]
+    saved = torch.load(states_file)
+    by_text = dict(zip(saved["texts"], saved["states"], strict=True))
+    if not all(text in by_text for text in texts):
+        print(f"Error: {states_file} lacks the states of some of the gate's prompts (a gate fitted before they "
+              "were kept there). Fit the gate again: delete adapter/refusal_gate.json and run python -m "
+              "alignment.outcome.", file=sys.stderr)
+        return 2
+    last = torch.stack([by_text[text] for text in texts]).float()
     mean = mean_states(loaded.model, loaded.tokenizer, texts, args.layer)
     layer = args.layer
     candidates: dict[str, tuple[Any, Fitter]] = {

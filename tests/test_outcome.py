@@ -121,6 +121,8 @@ def test_prompt_states_reuse_what_the_data_stage_kept_and_read_the_rest(tiny_mod
     states = prompt_states(loaded, prompts, kept)
     assert torch.equal(states[0], marker.float())
     assert torch.allclose(states[1], fresh[1], atol=2e-2, rtol=1e-2)
+    saved = torch.load(kept)  # what was read is added to the file, what was there kept
+    assert saved["texts"] == texts and torch.equal(saved["states"][0], marker)
     torch.save(fresh.half(), kept)  # an old file (a bare tensor, not keyed by text): every prompt is read again
     assert torch.allclose(prompt_states(loaded, prompts, kept), fresh, atol=2e-2, rtol=1e-2)
 
