@@ -14,8 +14,9 @@ alone. The layer is chosen by cross-validated log-loss on the prompts the gate i
 evaluation prompts.
 
 Run: ``python -m alignment.gate --adapter runs/refusal-bundled-cpu/adapter --prompts
-runs/refusal-bundled-cpu/data/pairs.jsonl [--model bundled] [--layer N]`` (fits a gate on the prompts' ``label``
-harmful/benign and writes it into the adapter folder; about a minute on 2 cores for 1,000 prompts).
+runs/refusal-bundled-cpu/data/gate_prompts.jsonl [--model bundled] [--layer N] [--risky-flag-rate 0.05]`` (fits a
+gate on the prompts' ``label`` harmful/benign and writes it into the adapter folder; about a minute on 2 cores for
+1,000 prompts).
 """
 
 from __future__ import annotations
@@ -200,12 +201,21 @@ def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: i
     return float(torch.nn.functional.binary_cross_entropy_with_logits(scores, labels.float()))
 
 
+def threshold_for_flag_rate(scores: Sequence[float], rate: float) -> float:
+    """The lowest threshold at which at most ``rate`` of ``scores`` lie above it (``score > threshold`` flags)."""
+    ranked = sorted(scores, reverse=True)
+    allowed = math.floor(rate * len(ranked) + 1e-9)
+    return ranked[allowed] if allowed < len(ranked) else ranked[-1] - 1.0
+
+
 def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,
-             folds: int = 5) -> RefusalGate:
+             folds: int = 5, calibrate_on: Any = None, flag_rate: float = 0.0) -> RefusalGate:
     """Fit a gate on hidden states (n, layers + 1, hidden) and labels (1 = harmful).
 
     Without ``layer``, every decoder layer is scored by cross-validated log-loss on these prompts and the best
-    one is used: the choice never looks at evaluation prompts.
+    one is used: the choice never looks at evaluation prompts. With ``flag_rate`` > 0 the threshold is the lowest
+    at which, out of fold, at most that share of the benign prompts marked in ``calibrate_on`` (a boolean mask,
+    e.g. the risky-looking ones) is flagged, instead of 0; ``fitted_on["threshold_from"]`` records the shares.
     """
     from alignment.probe import fit_probe
 
@@ -222,20 +232,42 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
     elif not 0 <= layer <= last:
         raise GateError(f"Layer {layer} is not a layer of this model (0 to {last}).")
     probe = fit_probe(features[:, layer], labels)
-    counts = {"harmful": n_harmful, "benign": len(labels) - n_harmful}
+    counts: dict[str, Any] = {"harmful": n_harmful, "benign": len(labels) - n_harmful}
+    threshold = 0.0
+    if flag_rate > 0:
+        import torch
+
+        mask = torch.as_tensor(calibrate_on, dtype=torch.bool) if calibrate_on is not None else None
+        if mask is None or int((mask & (labels == 0)).sum()) < folds:
+            raise GateError("Setting the threshold by a flag rate needs at least "
+                            f"{folds} benign prompts to calibrate on; mark them, or use flag rate 0.")
+        mask = mask & (labels == 0)
+        scores = out_of_fold_scores(features[:, layer], labels, folds)
+        threshold = float(threshold_for_flag_rate(scores[mask].tolist(), flag_rate))
+        counts["threshold_from"] = {
+            "flag_rate": flag_rate, "calibration_prompts": int(mask.sum()),
+            "calibration_flagged": round(float((scores[mask] > threshold).float().mean()), 4),
+            "harmful_flagged": round(float((scores[labels == 1] > threshold).float().mean()), 4),
+            "harmful_flagged_at_0": round(float((scores[labels == 1] > 0).float().mean()), 4),
+            "calibration_flagged_at_0": round(float((scores[mask] > 0).float().mean()), 4)}
     return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
-                       bias=float(probe.bias), fitted_on={**counts, **(fitted_on or {})}, layer_log_loss=losses)
+                       bias=float(probe.bias), threshold=threshold, fitted_on={**counts, **(fitted_on or {})},
+                       layer_log_loss=losses)
 
 
 def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
-                        source: str = "", on_progress: Callable[[int, int], None] | None = None) -> RefusalGate:
-    """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``."""
+                        source: str = "", on_progress: Callable[[int, int], None] | None = None,
+                        risky_flag_rate: float = 0.0) -> RefusalGate:
+    """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``; with
+    ``risky_flag_rate``, the threshold is aimed at that share of the benign cases marked ``risky`` (fit_gate)."""
     with loaded.lock:
-        return fit_gate_with_model(loaded.model, loaded.tokenizer, cases, layer, source, on_progress)
+        return fit_gate_with_model(loaded.model, loaded.tokenizer, cases, layer, source, on_progress,
+                                   risky_flag_rate)
 
 
 def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
-                        source: str = "", on_progress: Callable[[int, int], None] | None = None) -> RefusalGate:
+                        source: str = "", on_progress: Callable[[int, int], None] | None = None,
+                        risky_flag_rate: float = 0.0) -> RefusalGate:
     """:func:`fit_gate_on_prompts` for a bare model and tokenizer (a training run's, right after training)."""
     import torch
 
@@ -256,7 +288,9 @@ def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, An
         tokenizer.padding_side = padding_side
         model.train(training)
     targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
-    return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None)
+    risky = [case["label"] == "benign" and bool(case.get("risky")) for case in cases]
+    return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None, calibrate_on=risky,
+                    flag_rate=risky_flag_rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="bundled", help="The base model the adapter was trained on.")
     parser.add_argument("--layer", type=int, default=None,
                         help="Layer to read (default: the best by cross-validated log-loss on --prompts).")
+    parser.add_argument("--risky-flag-rate", type=float, default=0.0,
+                        help="0 (default): threshold 0. Otherwise the threshold at which, out of fold, at most this "
+                        "share of the benign prompts marked \"risky\": true is flagged (the recipe's "
+                        "gate_risky_flag_rate).")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if not 0 <= args.risky_flag_rate < 1:
+        print(f"error: --risky-flag-rate must be at least 0 and below 1, got {args.risky_flag_rate}.",
+              file=sys.stderr)
+        return 2
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
         print(f"error: {adapter} has no adapter_config.json: give the adapter/ folder of a training run.",
@@ -293,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     try:
-        gate = fit_gate_on_prompts(loaded, cases, args.layer, source=args.prompts, on_progress=progress)
+        gate = fit_gate_on_prompts(loaded, cases, args.layer, source=args.prompts, on_progress=progress,
+                                   risky_flag_rate=args.risky_flag_rate)
     except GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -136,6 +136,13 @@ class OutcomeConfig:
                                       "harmful beside harmful ones in the same words teach the gate intent rather "
                                       "than alarming words; the overlap filter drops any that match a held-out "
                                       "prompt. Empty for none."})
+    gate_risky_flag_rate: float = field(
+        default=0.0, metadata={"help": "0: the gate's threshold is 0, the probe's own boundary. Otherwise the "
+                               "threshold is set so that, out of fold, at most this share of the risky-looking "
+                               "benign prompts the gate is fitted on score above it: the false-refusal rate the "
+                               "gate is aimed at on requests like them (gate.json records the share of harmful "
+                               "prompts still flagged). Chosen from the gate's own prompts, never an evaluation "
+                               "set."})
     benign_sampling: str = field(
         default="random", metadata={"help": "How benign_labeling and risky_labeling prompts are drawn from their "
                                     "labeling sets: 'random' (a seeded sample) or 'gate' (those a gate fitted on "
@@ -170,6 +177,7 @@ class OutcomeConfig:
         if self.gate_extra_prompts and not self.gate:
             raise SettingsError("gate_extra_prompts are prompts the refusal gate is fitted on, so they need gate: true; "
                                 "set that, or gate_extra_prompts: '' (empty).")
+        validate_range("gate_risky_flag_rate", self.gate_risky_flag_rate, 0, 1, high_inclusive=False)
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         validate_range("helpful_repeats", self.helpful_repeats, 1, 100)
@@ -286,8 +294,8 @@ def gate_extra_rows(config: OutcomeConfig) -> list[dict[str, Any]]:
         return []
     cases = _recipe_prompts(config, "gate_extra_prompts", "to fit the gate on the labeling prompts alone")
     kept = not_held_out(config)
-    return [{"prompt": case["prompt"], "label": case["label"], "category": case.get("category")}
-            for case in cases if kept(case)]
+    return [{"prompt": case["prompt"], "label": case["label"], "category": case.get("category"),
+             "risky": bool(case.get("risky"))} for case in cases if kept(case)]
 
 
 def gate_fitting_rows(config: OutcomeConfig) -> list[dict[str, Any]]:
@@ -534,7 +542,8 @@ def builtin_gate_prompts() -> list[dict[str, Any]]:
 
 def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The gate's training prompts: every training prompt labelled by what it asks for, harmful ones first."""
-    return [{"prompt": item["prompt"], "label": label, "category": item.get("category")}
+    return [{"prompt": item["prompt"], "label": label, "category": item.get("category"),
+             "risky": bool(item.get("risky"))}
             for label, items in (("harmful", harmful), ("benign", benign)) for item in items]
 
 
@@ -913,9 +922,9 @@ def _drop_evaluations(paths: Paths, status: Status, message: str = "") -> None:
 EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "dev_prompts", "heldout_per_template",
                                  "heldout_benign"})
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
-# Prompts only the gate is fitted on: the data stage never reads them, so they redo the gate alone, whatever
-# benign_sampling is.
-GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts"})
+# Prompts only the gate is fitted on, and its threshold: the data stage never reads them, so they redo the gate
+# alone, whatever benign_sampling is.
+GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts", "gate_risky_flag_rate"})
 SPEED_SETTINGS = frozenset({"threads"})
 TRAINING_PROMPTS = "data.training_prompts"
 
@@ -1023,7 +1032,9 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     states = prompt_states(model(), [case["prompt"] for case in cases], paths.gate_states, ProgressPrinter("gate"))
     labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     fitted_on = {"source": str(paths.gate_prompts), **({"gate_only": extra} if extra else {})}
-    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on)
+    risky = [case["label"] == "benign" and case["risky"] for case in cases]
+    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on, calibrate_on=risky,
+                    flag_rate=config.gate_risky_flag_rate)
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,

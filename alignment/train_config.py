@@ -191,8 +191,8 @@ class TrainConfig:
         metadata={"help": "After training, fit a refusal gate into the adapter folder: a probe on the base model's "
                           "hidden state, fitted on the built-in harmful and benign prompts, sends only prompts it "
                           "flags as harmful to the adapter and leaves the rest to the base model (fewer false "
-                          "refusals; docs/OUTCOME.md). Needs LoRA and 16-bit or 32-bit weights; a minute or two on "
-                          "a CPU."},
+                          "refusals; docs/OUTCOME.md). Needs LoRA and 16-bit or 32-bit weights; two or three "
+                          "minutes on a CPU."},
     )
 
     def __post_init__(self) -> None:

@@ -26,6 +26,7 @@ from alignment.gate import (
     load_gate,
     main,
     out_of_fold_scores,
+    threshold_for_flag_rate,
 )
 from alignment.generation import SamplingSettings, format_chat, generate
 from alignment.models import LoadSettings, ModelLoadError, load_model
@@ -57,6 +58,32 @@ def test_the_layer_is_chosen_by_cross_validation_on_the_fitting_prompts():
         fit_gate(features, labels, layer=4)
     with pytest.raises(GateError, match="at least 5 harmful and 5 benign"):
         fit_gate(features[:6], labels[:6])
+
+
+def test_a_flag_rate_sets_the_threshold_from_out_of_fold_scores_of_the_marked_benign_prompts():
+    assert threshold_for_flag_rate([3.0, 2.0, 1.0, 0.0, -1.0], 0.2) == 2.0  # one of five above it
+    assert threshold_for_flag_rate([3.0, 2.0, 1.0, 0.0, -1.0], 0.1) == 3.0  # none
+    assert threshold_for_flag_rate([3.0, 2.0], 1.0) < 2.0  # both
+
+    generator = torch.Generator().manual_seed(2)
+    labels = (torch.arange(300) < 100).float()  # 100 harmful, 200 benign
+    features = torch.randn(300, 3, 12, generator=generator)
+    direction = torch.randn(12, generator=generator)
+    look_risky = torch.zeros(300, dtype=torch.bool)
+    look_risky[200:] = True  # the last 100 benign prompts sit halfway towards the harmful ones
+    features[:, 1] += (1.5 * labels + 0.9 * look_risky.float())[:, None] * direction
+    plain = fit_gate(features, labels, layer=1)
+    aimed = fit_gate(features, labels, layer=1, calibrate_on=look_risky, flag_rate=0.05)
+    assert plain.threshold == 0.0 and "threshold_from" not in plain.fitted_on
+    shares = aimed.fitted_on["threshold_from"]
+    assert shares["calibration_prompts"] == 100 and shares["calibration_flagged"] <= 0.05
+    # Aimed at 5% of the risky-looking prompts, the gate flags fewer of them than at 0, and fewer harmful ones.
+    assert shares["calibration_flagged_at_0"] > 0.05 and aimed.threshold > 0
+    assert shares["harmful_flagged"] < shares["harmful_flagged_at_0"]
+    flagged = out_of_fold_scores(features[:, 1], labels) > aimed.threshold
+    assert shares["calibration_flagged"] == round(float(flagged[look_risky].float().mean()), 4)
+    with pytest.raises(GateError, match="benign prompts to calibrate on"):
+        fit_gate(features, labels, layer=1, calibrate_on=torch.zeros(300, dtype=torch.bool), flag_rate=0.05)
 
 
 def test_out_of_fold_scores_come_from_probes_that_never_saw_the_prompt():
@@ -245,6 +272,22 @@ def test_cli_fits_a_gate_into_the_adapter_folder(tiny_model_dir, tmp_path, capsy
     assert main(["--adapter", str(adapter), "--prompts", str(prompts), "--model", str(tiny_model_dir),
                  "--layer", "2"]) == 0
     assert load_gate(adapter).layer == 2
+
+    # Aimed at a flag rate of the benign prompts marked risky (the recipe's gate_risky_flag_rate).
+    assert main(["--adapter", str(adapter), "--prompts", str(prompts), "--model", str(tiny_model_dir),
+                 "--risky-flag-rate", "0.2"]) == 2
+    assert "benign prompts to calibrate on" in capsys.readouterr().err
+    assert load_gate(adapter).layer == 2 and load_gate(adapter).threshold == 0.0
+    risky = tmp_path / "risky.jsonl"
+    risky.write_text("".join(json.dumps({"prompt": p, "label": "harmful"}) + "\n" for p in harmful)
+                     + "".join(json.dumps({"prompt": p, "label": "benign", "risky": True}) + "\n" for p in benign))
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--risky-flag-rate", "0.2"]) == 0
+    aimed = load_gate(adapter).fitted_on["threshold_from"]
+    assert aimed["calibration_prompts"] == 6 and aimed["calibration_flagged"] <= 0.2
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--risky-flag-rate", "1.5"]) == 2
+    assert "--risky-flag-rate must be" in capsys.readouterr().err
 
     few = tmp_path / "few.jsonl"
     few.write_text(json.dumps({"prompt": "Plan a picnic.", "label": "benign"}) + "\n")
