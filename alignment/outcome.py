@@ -536,8 +536,16 @@ def gate_ranked_prompts(loaded: Any, config: OutcomeConfig, status: Status, stat
 def builtin_gate_prompts() -> list[dict[str, Any]]:
     """The prompts the recipe's gate is fitted on: every built-in labeling prompt, the red-team TRAIN split and the
     recipe's gate-only prompts, labelled harmful or benign; what a gate for any adapter of this app is fitted on."""
-    config, _ = load_outcome_config(str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG))
-    return gate_fitting_rows(config)
+    return gate_fitting_rows(_builtin_recipe())
+
+
+def builtin_gate_risky_flag_rate() -> float:
+    """The recipe's ``gate_risky_flag_rate``: how a gate for any adapter of this app sets its threshold."""
+    return _builtin_recipe().gate_risky_flag_rate
+
+
+def _builtin_recipe() -> OutcomeConfig:
+    return load_outcome_config(str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG))[0]
 
 
 def gate_prompt_rows(harmful: Sequence[dict[str, Any]], benign: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

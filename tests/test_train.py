@@ -159,7 +159,7 @@ def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_wit
 
     from alignment.gate import fit_gate_on_prompts, load_gate
     from alignment.models import LoadSettings, load_model
-    from alignment.outcome import builtin_gate_prompts
+    from alignment.outcome import builtin_gate_prompts, builtin_gate_risky_flag_rate
 
     phases: list[str] = []
     config = tiny_config(tiny_model_dir, data, tmp_path / "run", eval_split=0.0, refusal_gate=True)
@@ -176,9 +176,12 @@ def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_wit
     # Fitted on the base model's states (the adapter off), which is what routing reads at generation time: a gate
     # fitted on a fresh load of the base model is the same gate.
     base = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
-    again = fit_gate_on_prompts(base, cases)
+    rate = builtin_gate_risky_flag_rate()  # the threshold is set as the recipe's gate sets it
+    assert rate > 0 and gate.fitted_on["threshold_from"]["flag_rate"] == rate
+    again = fit_gate_on_prompts(base, cases, risky_flag_rate=rate)
     assert again.layer == gate.layer
     assert torch.allclose(torch.tensor(again.weight), torch.tensor(gate.weight), atol=1e-3)
+    assert abs(again.threshold - gate.threshold) < 1e-2
 
 
 def test_cancelling_while_the_gate_is_fitted_keeps_the_adapter_without_a_gate(tiny_model_dir, data, tmp_path):
