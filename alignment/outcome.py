@@ -576,7 +576,9 @@ def _save_states(texts: Sequence[str], states: Any, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"texts": list(texts), "states": states.half()}, path)
+    partial = path.with_suffix(".pt.tmp")
+    torch.save({"texts": list(texts), "states": states.half()}, partial)
+    partial.replace(path)  # the gate stage rewrites the file: an interrupted write must not spoil the kept states
 
 
 def prompt_states(loaded: Any, prompts: Sequence[Any], kept: Path | None = None,
