@@ -321,7 +321,8 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
                                             "source": str(out / "data" / "gate_prompts.jsonl")}
     assert len(benign) > 100 > config.benign_labeling + config.risky_labeling + config.benign_redteam
     assert any(m.startswith("[3/5] gate: fitting on") for m in messages) and "gate" in outcome["timings_s"]
-    # The data stage kept the states of the prompts it answered: the ones a fresh read of the prompts gives.
+    # The data stage kept the states of the prompts it answered, the gate stage those of the rest of its prompts:
+    # the ones a fresh read of the prompts gives.
     import torch
 
     from alignment.evaluate import as_chat
@@ -333,7 +334,12 @@ def test_pipeline_fits_a_refusal_gate_into_the_adapter_and_evaluates_through_it(
     kept = torch.load(out / "data" / "gate_states.pt")
     sampled_harmful, sampled_benign = training_prompts(config)
     answered = [*sampled_harmful, *(b for b in sampled_benign if not b.get("reference"))]
-    assert kept["texts"] == [format_chat(loaded.tokenizer, as_chat(p["prompt"])) for p in answered]
+    answered_texts = [format_chat(loaded.tokenizer, as_chat(p["prompt"])) for p in answered]
+    gate_texts = [format_chat(loaded.tokenizer, as_chat(row["prompt"]))
+                  for row in load_prompts(out / "data" / "gate_prompts.jsonl")]
+    # The data stage's first, in its order; then the gate stage added the prompts it read itself.
+    assert kept["texts"][:len(answered)] == answered_texts
+    assert set(kept["texts"]) == set(answered_texts) | set(gate_texts) and len(kept["texts"]) > len(answered)
     fresh = last_position_states(loaded.model, loaded.tokenizer, kept["texts"])
     assert torch.allclose(kept["states"].float(), fresh, atol=2e-2, rtol=1e-2)
     independent = json.loads((out / "eval_independent.json").read_text())
