@@ -208,6 +208,11 @@ def threshold_for_flag_rate(scores: Sequence[float], rate: float) -> float:
     return ranked[allowed] if allowed < len(ranked) else ranked[-1] - 1.0
 
 
+def risky_benign(cases: Sequence[dict[str, Any]]) -> list[bool]:
+    """For each case, whether it is a benign prompt marked ``risky``: what a flag rate calibrates the threshold on."""
+    return [case.get("label") == "benign" and bool(case.get("risky")) for case in cases]
+
+
 def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,
              folds: int = 5, calibrate_on: Any = None, flag_rate: float = 0.0) -> RefusalGate:
     """Fit a gate on hidden states (n, layers + 1, hidden) and labels (1 = harmful).
@@ -288,9 +293,8 @@ def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, An
         tokenizer.padding_side = padding_side
         model.train(training)
     targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
-    risky = [case["label"] == "benign" and bool(case.get("risky")) for case in cases]
-    return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None, calibrate_on=risky,
-                    flag_rate=risky_flag_rate)
+    return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None,
+                    calibrate_on=risky_benign(cases), flag_rate=risky_flag_rate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1013,7 +1013,7 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     import torch
 
     from alignment.evaluate import ProgressPrinter
-    from alignment.gate import GATE_FILE, fit_gate
+    from alignment.gate import GATE_FILE, fit_gate, risky_benign
     from alignment.redteam import load_prompts
     from alignment.refusal_data import write_jsonl
 
@@ -1042,9 +1042,8 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     states = prompt_states(model(), [case["prompt"] for case in cases], paths.gate_states, ProgressPrinter("gate"))
     labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     fitted_on = {"source": str(paths.gate_prompts), **({"gate_only": extra} if extra else {})}
-    risky = [case["label"] == "benign" and case["risky"] for case in cases]
-    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on, calibrate_on=risky,
-                    flag_rate=config.gate_risky_flag_rate)
+    gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on,
+                    calibrate_on=risky_benign(cases), flag_rate=config.gate_risky_flag_rate)
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
