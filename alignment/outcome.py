@@ -1136,6 +1136,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
             if second_config.max_steps * second_config.effective_batch_size < refine_stats["refine_pairs"]:
                 # Fewer visits than pairs: a reference forward per visit costs less than one per pair up front.
                 second_config.precompute_reference = False
+                second_config.cache_frozen_layers = False  # filled during the precompute, so nothing to start from
             train_info = _train_stage(second_config, paths.train_info, f"{stage('refine')} (second phase, on-policy)",
                                       status)
             train_info = {**train_info, "refine": refine_stats, "seconds": round(time.perf_counter() - started, 1)}

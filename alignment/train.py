@@ -14,6 +14,7 @@ Run it:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from alignment import completion_logprobs
+from alignment.frozen_layers import FrozenLayerCache
 from alignment.memory import MemoryPlan, estimate, format_size, parse_size, suggest
+from alignment.reference_logps import sorted_reference_trainer_class
 from alignment.settings import SettingsError, save_yaml, to_dict
 from alignment.train_config import TrainConfig, load_train_config
 
@@ -62,6 +65,9 @@ class TrainResult:
     memory_plan: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None  # the refusal gate fitted after training (refusal_gate): layer, fitted_on
     gate_note: str = ""  # why a requested gate was not fitted, and how to fit it later
+    # cache_frozen_layers: how many layers were skipped, sequences recorded, forward passes served from the cache
+    # and run in full (an empty dict: the cache was off or did not apply)
+    frozen_layers: dict[str, int] = field(default_factory=dict)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -482,19 +488,23 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         trainer_class = retain.retain_trainer_class(DPOTrainer)
         retain_kwargs = {"retain_batches": retain.RetainBatches(encoded, config.retain_batch_size, config.seed),
                          "retain_weight": config.retain_weight, "retain_last_tokens": config.retain_last_tokens}
+    if config.precompute_reference:
+        trainer_class = sorted_reference_trainer_class(trainer_class)
+    frozen = FrozenLayerCache.for_model(model, peft_config) if config.cache_frozen_layers else None
     status("preparing data" + (" and reference log-probs" if config.precompute_reference else ""))
     try:
-        trainer = trainer_class(
-            model=model,
-            ref_model=reference,
-            args=config.to_dpo_config(device),
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[callback],
-            **retain_kwargs,
-        )
+        with frozen.recording() if frozen else contextlib.nullcontext():
+            trainer = trainer_class(
+                model=model,
+                ref_model=reference,
+                args=config.to_dpo_config(device),
+                train_dataset=train_set,
+                eval_dataset=eval_set,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+                callbacks=[callback],
+                **retain_kwargs,
+            )
     except ValueError as exc:
         raise TrainingError(f"TRL refused this configuration: {exc}") from exc
     if config.resolved_precision(device) == "fp16":
@@ -506,8 +516,13 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
     trainer.remove_callback(ProgressCallback)
 
     status("training" + (f" (resuming from {Path(checkpoint).name})" if checkpoint else ""))
+    frozen_summary: dict[str, int] = {}
     try:
-        trainer.train(resume_from_checkpoint=checkpoint)
+        with frozen.serving() if frozen else contextlib.nullcontext():
+            trainer.train(resume_from_checkpoint=checkpoint)
+        if frozen:
+            frozen_summary = frozen.summary()
+            frozen.states.clear()  # the memory is not needed after training
     except torch.cuda.OutOfMemoryError as exc:
         raise TrainingError(_oom_message("GPU", plan, config, shape)) from exc
     except MemoryError as exc:
@@ -534,6 +549,7 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
         max_steps=state.max_steps,
         metrics={k: v for k, v in callback.last_train_log.items() if k not in ("eta",)},
         resumed_from=checkpoint,
+        frozen_layers=frozen_summary,
         train_pairs=len(train_set),
         eval_pairs=len(eval_set) if eval_set is not None else 0,
         memory_plan=plan.as_dict(),

@@ -133,6 +133,14 @@ class TrainConfig:
         metadata={"help": "Compute the reference model's log-probs once, before training, instead of in every step: "
                   "saves a forward pass per pair in every epoch after the first."},
     )
+    cache_frozen_layers: bool = field(
+        default=False,
+        metadata={"help": "With precompute_reference and lora_layers: keep the output of the layers below the "
+                  "adapters, read once during the precompute, and start every training step from it instead of "
+                  "recomputing layers that never change (about 40% off a CPU step with 15 of 30 layers adapted; "
+                  "costs hidden_size floats per token of the pairs in memory, about 330 MB for 700 pairs of the "
+                  "bundled model)."},
+    )
     retain_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the retain loss (0 = off): keeps the adapted layers' hidden states on the "
@@ -240,6 +248,10 @@ class TrainConfig:
         if self.lora_layers and self.lora_r == 0:
             raise SettingsError("lora_layers limits where LoRA adapters go; with lora_r 0 (full fine-tuning) set "
                                 "lora_layers: 0.")
+        if self.cache_frozen_layers and not (self.precompute_reference and self.lora_layers):
+            raise SettingsError("cache_frozen_layers keeps the output of the layers below the adapters, read during "
+                                "the reference precompute: it needs precompute_reference: true and lora_layers "
+                                "above 0. Set both, or cache_frozen_layers: false.")
         if self.lora_r > 0:
             validate_range("lora_alpha", self.lora_alpha, 1)
         validate_range("lora_dropout", self.lora_dropout, 0, 1, high_inclusive=False)

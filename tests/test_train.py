@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignment.train import DatasetError, TrainingError, main, train, upcast_trainable_for_fp16, validate_rows
 from alignment.train_config import TrainConfig
@@ -77,6 +78,26 @@ def test_top_layer_adapters_with_precomputed_reference(tiny_model_dir, data, tmp
 
     assert layers == {AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers - 1}
     assert result.metrics["rewards/margins"] != 0  # the reference came from the precomputed log-probs
+
+
+def test_frozen_layer_cache_trains_the_same_adapter_with_fewer_layers_run(tiny_model_dir, data, tmp_path):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for cached in (False, True):
+        runs[cached] = train(tiny_config(tiny_model_dir, data, tmp_path / str(cached), lora_layers=1,
+                                         precompute_reference=True, cache_frozen_layers=cached))
+    plain, cached = runs[False], runs[True]
+    assert plain.frozen_layers == {}
+    # 16 pairs recorded (12 train, 4 held out); 3 steps of 2 pairs, each forward pass from the cache. (The final
+    # evaluation runs after training, through every layer.)
+    assert cached.frozen_layers == {"layers": 1, "sequences": 32, "cached_passes": 3, "full_passes": 0}
+    for key in ("loss", "rewards/margins", "logps/chosen"):
+        assert math.isclose(cached.metrics[key], plain.metrics[key], rel_tol=1e-4, abs_tol=1e-5), key
+    assert math.isclose(cached.eval_metrics["eval_loss"], plain.eval_metrics["eval_loss"], rel_tol=1e-4)
+    weights = [load_file(Path(run.adapter_dir) / "adapter_model.safetensors") for run in (plain, cached)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-6)
 
 
 def test_init_adapter_continues_training_from_an_earlier_adapter(tiny_model_dir, data, tmp_path):

@@ -65,6 +65,8 @@ def test_overrides_are_typed():
     ({"refusal_gate": True, "load_in_4bit": True, "device": "cuda"}, "refusal_gate reads the base model's 16-bit"),
     ({"lora_layers": -1}, "lora_layers"),
     ({"lora_layers": 4, "lora_r": 0}, "lora_layers"),
+    ({"cache_frozen_layers": True, "lora_layers": 15}, "needs precompute_reference: true"),
+    ({"cache_frozen_layers": True, "precompute_reference": True}, "lora_layers above 0"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "one weight per loss"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -0.5]}, "loss_weights"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, "half"]}, "number"),
