@@ -4,8 +4,9 @@ With adapters only in the top layers (``lora_layers``), the layers below them ne
 their output for a given token sequence is the same in the reference precompute and in every training step. The
 precompute reads every pair once anyway; this keeps what the highest frozen layer returned for each sequence, and
 in training the frozen layers hand that back instead of recomputing it. Gradients are unchanged: nothing below
-the adapters has any. On 2 CPU cores with the outcome recipe (15 of 30 layers adapted) a step takes about 40%
-less time; the cache holds ``hidden_size`` floats per token of the pairs (about 330 MB for the recipe's 709).
+the adapters has any. On 2 CPU cores with the outcome recipe (15 of 30 layers adapted) a step takes a quarter less
+time (benchmarks/bench_frozen_layers.py); the cache holds ``hidden_size`` floats per token of the pairs in CPU
+memory (about 330 MB for the recipe's 709), moved to the model's device one batch at a time.
 
 A forward pass uses the cache only when every sequence in the batch was recorded and is right-padded (TRL's DPO
 collator); anything else (the retain loss's prompts, a gate read, generation) runs the layers as usual.
@@ -105,7 +106,7 @@ class FrozenLayerCache:
                 return
             rows = self._rows(*self._batch)
             for r, (key, length) in enumerate(rows or []):
-                self.states[key] = hidden[r, :length].detach().clone()
+                self.states[key] = hidden[r, :length].detach().to("cpu", copy=True)  # in RAM, not GPU memory
 
         handles = [self.decoder.register_forward_pre_hook(self._see_batch, with_kwargs=True),
                    self.decoder.layers[self.depth - 1].register_forward_hook(keep)]
@@ -126,11 +127,10 @@ class FrozenLayerCache:
             self.misses += 1
             return
         first = self.states[rows[0][0]]
-        ready = torch.zeros(len(rows), self._batch[0].shape[1], first.shape[-1], dtype=first.dtype,
-                            device=first.device)
+        ready = torch.zeros(len(rows), self._batch[0].shape[1], first.shape[-1], dtype=first.dtype)
         for r, (key, length) in enumerate(rows):
             ready[r, :length] = self.states[key]
-        self._ready = ready
+        self._ready = ready.to(self._batch[0].device)
         self.hits += 1
 
     def _frozen_forward(self, index: int, original: Any) -> Any:

@@ -936,6 +936,9 @@ GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 # alone, whatever benign_sampling is.
 GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts", "gate_risky_flag_rate"})
 SPEED_SETTINGS = frozenset({"threads"})
+# Training settings that change only how fast the same numbers are computed: not recorded, so toggling one keeps
+# the folder's stages (and folders made before it existed still match).
+TRAIN_SPEED_SETTINGS = frozenset({"cache_frozen_layers"})
 TRAINING_PROMPTS = "data.training_prompts"
 
 
@@ -955,6 +958,7 @@ def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]
     if config.gate_extra_prompts:  # recorded only when set, so folders made before the setting existed still match
         extra = json.dumps(gate_extra_rows(config), sort_keys=True, default=str).encode()
         data["gate_extra_prompts"] = hashlib.sha256(extra).hexdigest()[:16]
+    train = {k: v for k, v in train.items() if k not in TRAIN_SPEED_SETTINGS}
     return json.loads(json.dumps({"outcome": outcome, "train": train, "data": data}, default=str))
 
 
@@ -964,6 +968,8 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
     for section, prefix in (("outcome", ""), ("train", "train."), ("data", "data.")):
         before, after = old.get(section, {}), new.get(section, {})
         for key in sorted(set(before) | set(after)):
+            if section == "train" and key in TRAIN_SPEED_SETTINGS:
+                continue  # recorded by folders made while it was
             if before.get(key) != after.get(key):
                 changes[prefix + key] = (before.get(key, "(unset)"), after.get(key, "(unset)"))
     return changes

@@ -475,6 +475,7 @@ def test_cut_off_answers_end_at_a_whole_sentence(text, trimmed):
 
 def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny_recipe, tmp_path):
     config, train = tiny_recipe
+    train = dict(train, precompute_reference=True, lora_layers=1)  # what cache_frozen_layers needs, below
     out = tmp_path / "run"
     messages: list[str] = []
     run_pipeline(config, train, out, status=messages.append)
@@ -498,11 +499,23 @@ def test_a_run_folder_made_with_other_settings_is_refused_or_redone_in_part(tiny
     assert json.loads((out / "settings.json").read_text()) == recorded
     assert (out / "adapter/adapter_model.safetensors").read_bytes() == adapter
 
-    # Threads change only the speed: everything is reused.
+    # Threads change only the speed: everything is reused. So does the frozen-layer cache, whether the folder was
+    # made with it or without (it is not recorded, and a folder that recorded it still matches).
     config.threads = 1
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
     assert sum("reusing" in m for m in messages) == 4
+    messages.clear()
+    run_pipeline(config, dict(train, cache_frozen_layers=True), out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 4
+    assert "cache_frozen_layers" not in json.loads((out / "settings.json").read_text())["train"]
+    settings = json.loads((out / "settings.json").read_text())
+    settings["train"]["cache_frozen_layers"] = True
+    (out / "settings.json").write_text(json.dumps(settings))
+    messages.clear()
+    run_pipeline(config, train, out, status=messages.append)
+    assert sum("reusing" in m for m in messages) == 4
+    (out / "settings.json").write_text(json.dumps(recorded))
 
     # An evaluation setting: data and adapter are reused, the evaluations redone with it.
     config.eval_max_new_tokens = 3
