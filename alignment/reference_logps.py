@@ -14,6 +14,7 @@ Used by ``alignment.train.train`` (the trainer class it builds); not run on its 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -58,7 +59,8 @@ def sorted_reference_trainer_class(trainer_class: type) -> type:
             chosen = torch.empty(len(dataset), dtype=torch.float32)
             rejected = torch.empty(len(dataset), dtype=torch.float32)
             batches = length_batches(sequence_lengths(dataset, self.args.max_length), batch_size)
-            for indices in tqdm(batches, desc=f"Computing reference log probs for {name} dataset"):
+            bars_off = bool(os.environ.get("TQDM_DISABLE", ""))  # TRL's own switch for this bar
+            for indices in tqdm(batches, desc=f"Computing reference log probs for {name} dataset", disable=bars_off):
                 padded = self.data_collator([dataset[i] for i in indices])
                 padded = {key: value.to(device) if hasattr(value, "to") else value for key, value in padded.items()}
                 chosen_logps, rejected_logps = self.compute_ref_log_probs(model, padded)
