@@ -181,7 +181,8 @@ def _lora_params(shape: ModelShape, config: TrainConfig) -> int:
     return per_layer * shape.num_layers
 
 
-def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: int | None) -> dict[str, int]:
+def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: int | None,
+           dataset_tokens: int | None = None) -> dict[str, int]:
     weight_bytes = _dtype_bytes(config, device)
     h, i, n_layers, vocab = shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.vocab_size
     embed_params = vocab * h * (1 if shape.tied_embeddings else 2)
@@ -235,6 +236,11 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
     # gradients: its activations live alongside the pairs'. Prompt lengths are unknown here; max_length bounds them.
     retain = (config.retain_batch_size * seq * (saved_layers * per_token_layer + 2 * h * act_bytes)
               if lora and config.retain_weight > 0 else 0)
+    # cache_frozen_layers keeps the output of the highest frozen layer for every token of every chosen and rejected
+    # sequence (alignment.frozen_layers) for the whole run, in RAM. On CUDA that is host memory, not the GPU's, so it
+    # is left out of a GPU plan.
+    frozen = (dataset_tokens * h * act_bytes if dataset_tokens and lora and config.cache_frozen_layers
+              and config.precompute_reference and config.lora_layers and not cuda else 0)
     parts = {
         "weights": int(weights),
         "lora_params": int(lora_params),
@@ -246,9 +252,11 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         "reference_forward": int(reference),
         "reference_weights": int(reference_weights),
         "retain_activations": int(retain),
+        "frozen_layer_cache": int(frozen),
     }
     parts = {name: size for name, size in parts.items()
-             if size or name not in ("layer_recompute", "reference_weights", "retain_activations")}
+             if size or name not in ("layer_recompute", "reference_weights", "retain_activations",
+                                     "frozen_layer_cache")}
     subtotal = _sum_parts(parts, device)
     parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if cuda else 0))
     return parts
@@ -283,22 +291,25 @@ def default_budget(device: str) -> int:
 
 
 def estimate(model_or_config: Any, config: TrainConfig, budget_bytes: int | None = None,
-             device: str | None = None, tokens_per_seq: int | None = None) -> MemoryPlan:
+             device: str | None = None, tokens_per_seq: int | None = None,
+             dataset_tokens: int | None = None) -> MemoryPlan:
     """Estimate peak memory of one DPO training step. ``tokens_per_seq``: the longest tokenised pair, if known
-    (padding goes to the longest sequence in a batch, so short data never reaches max_length)."""
+    (padding goes to the longest sequence in a batch, so short data never reaches max_length). ``dataset_tokens``:
+    the tokens of every chosen and rejected sequence of the data, if known; the frozen-layer cache holds one hidden
+    state per token of them (``cache_frozen_layers``, counted on CPU)."""
     shape = model_or_config if isinstance(model_or_config, ModelShape) else shape_of(model_or_config)
     device = device or config.resolved_device()
     budget = int(budget_bytes) if budget_bytes else default_budget(device)
-    parts = _parts(shape, config, device, tokens_per_seq)
+    parts = _parts(shape, config, device, tokens_per_seq, dataset_tokens)
     total = _sum_parts(parts, device)
     fits = total <= budget
-    suggestion = None if fits else suggest(shape, config, budget, device, tokens_per_seq)
+    suggestion = None if fits else suggest(shape, config, budget, device, tokens_per_seq, dataset_tokens)
     return MemoryPlan(total_bytes=int(total), parts=parts, budget_bytes=budget, device=device, fits=fits,
                       suggestion=suggestion, shared=_shared_parts(parts, device))
 
 
 def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
-            tokens_per_seq: int | None = None) -> str:
+            tokens_per_seq: int | None = None, dataset_tokens: int | None = None) -> str:
     """Search the cheapest set of changes that fits; say it in recipe terms."""
     current_len = config.max_length or 1024
     lengths = [current_len] + [v for v in (2048, 1024, 768, 512, 384, 256, 128) if v < current_len]
@@ -307,22 +318,25 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
     checkpointing = [config.gradient_checkpointing] + ([True] if not config.gradient_checkpointing else [])
     four_bit = [config.load_in_4bit] + (
         [True] if not config.load_in_4bit and config.lora_r > 0 and device.startswith("cuda") else [])
+    caches = [config.cache_frozen_layers] + ([False] if config.cache_frozen_layers else [])
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     options = []
-    for length, batch, ckpt, q4 in itertools.product(lengths, batches, checkpointing, four_bit):
+    for length, batch, ckpt, q4, cache in itertools.product(lengths, batches, checkpointing, four_bit, caches):
         candidate = replace(config, max_length=length, per_device_train_batch_size=batch,
                             gradient_accumulation_steps=max(1, math.ceil(effective / batch)),
-                            gradient_checkpointing=ckpt, load_in_4bit=q4, merge_after=False)
-        total = _sum_parts(_parts(shape, candidate, device, tokens_per_seq), device)
+                            gradient_checkpointing=ckpt, load_in_4bit=q4, merge_after=False,
+                            cache_frozen_layers=cache)
+        total = _sum_parts(_parts(shape, candidate, device, tokens_per_seq, dataset_tokens), device)
         if total <= budget:
             changes = (length != current_len) + (batch != config.per_device_train_batch_size) + \
-                      (ckpt != config.gradient_checkpointing) + (q4 != config.load_in_4bit)
+                      (ckpt != config.gradient_checkpointing) + (q4 != config.load_in_4bit) + \
+                      (cache != config.cache_frozen_layers)
             # Prefer few changes, then keeping long sequences, then bigger batches.
             options.append(((changes, -length, -batch), candidate, total))
     if not options:
         smallest = replace(config, max_length=128, per_device_train_batch_size=1, gradient_checkpointing=True,
                            load_in_4bit=config.load_in_4bit or (config.lora_r > 0 and device.startswith("cuda")),
-                           merge_after=False)
+                           merge_after=False, cache_frozen_layers=False)
         need = _sum_parts(_parts(shape, smallest, device, tokens_per_seq), device)
         return (f"Even with max_length 128, batch size 1, gradient checkpointing and 4-bit this needs "
                 f"{format_size(need)} of {format_size(budget)}: use a smaller model"
@@ -350,6 +364,8 @@ def _changes(config: TrainConfig, candidate: TrainConfig) -> list[str]:
         out.append("gradient_checkpointing true")
     if candidate.load_in_4bit != config.load_in_4bit:
         out.append("load_in_4bit true")
+    if candidate.cache_frozen_layers != config.cache_frozen_layers:
+        out.append("cache_frozen_layers false")
     return out
 
 

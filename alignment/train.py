@@ -229,9 +229,12 @@ def split_rows(rows: list[dict[str, Any]], config: TrainConfig) -> tuple[Any, An
     return train_set, eval_set
 
 
-def longest_pair_tokens(rows: list[dict[str, Any]], tokenizer: Any, limit: int = 2000) -> int:
-    """Longest prompt+answer in tokens (over the first ``limit`` rows), for the memory planner."""
-    longest = 0
+def pair_token_counts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int | None = None,
+                      limit: int = 2000) -> tuple[int, int]:
+    """For the memory planner: the longest prompt+answer in tokens, and the tokens of every chosen and rejected
+    sequence (each cut at ``max_length``, as training cuts them). Counted over the first ``limit`` rows; the total is
+    scaled up to all rows beyond that."""
+    longest = total = 0
     for row in rows[:limit]:
         for key in ("chosen", "rejected"):
             if isinstance(row["prompt"], list):
@@ -242,7 +245,9 @@ def longest_pair_tokens(rows: list[dict[str, Any]], tokenizer: Any, limit: int =
             else:
                 n = len(tokenizer(row["prompt"] + row[key])["input_ids"]) + 1
             longest = max(longest, n)
-    return longest
+            total += min(n, max_length) if max_length else n
+    counted = min(len(rows), limit)
+    return longest, (total * len(rows) // counted if counted else 0)
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -438,8 +443,9 @@ def train(config: TrainConfig, on_log: LogCallback | None = None, should_stop: S
 
     status("planning memory")
     budget = parse_size(memory_budget) if memory_budget else None
-    longest = longest_pair_tokens(rows, tokenizer)
-    plan = estimate(model_config, config, budget, device=device, tokens_per_seq=longest)
+    longest, dataset_tokens = pair_token_counts(rows, tokenizer, config.max_length)
+    plan = estimate(model_config, config, budget, device=device, tokens_per_seq=longest,
+                    dataset_tokens=dataset_tokens)
     from alignment.memory import shape_of
 
     shape = shape_of(model_config)

@@ -179,3 +179,40 @@ def test_retain_loss_adds_its_batch_of_activations(config_1b):
     ratio = retained.parts["retain_activations"] / without.parts["activations"]
     assert 0.45 < ratio <= 0.5
     assert retained.total_bytes > without.total_bytes
+
+
+def test_frozen_layer_cache_counts_a_hidden_state_per_token_of_the_data_on_cpu(config_1b):
+    cached = base(device="cpu", precision="fp32", precompute_reference=True, lora_layers=6, cache_frozen_layers=True)
+    tokens = 700 * 2 * 300  # 700 pairs, chosen and rejected, 300 tokens each
+    result = estimate(config_1b, cached, budget_bytes=400 * GIB, device="cpu", dataset_tokens=tokens)
+    assert result.parts["frozen_layer_cache"] == tokens * 2048 * 4  # one float32 hidden state per token
+    plain = estimate(config_1b, replace(cached, cache_frozen_layers=False), budget_bytes=400 * GIB, device="cpu",
+                     dataset_tokens=tokens)
+    assert "frozen_layer_cache" not in plain.parts
+    assert result.total_bytes - plain.total_bytes >= tokens * 2048 * 4
+    # On CUDA the cache lives in host RAM: the GPU plan does not carry it.
+    gpu = estimate(config_1b, replace(cached, device="cuda", precision="fp16"), budget_bytes=400 * GIB,
+                   device="cuda", dataset_tokens=tokens)
+    assert "frozen_layer_cache" not in gpu.parts
+
+
+def test_a_cache_too_big_for_the_budget_is_answered_by_turning_it_off(config_1b):
+    cached = base(device="cpu", precision="fp32", precompute_reference=True, lora_layers=6, cache_frozen_layers=True)
+    tokens = 20_000 * 2 * 500  # a large dataset: the cache alone is about 160 GB
+    without = estimate(config_1b, replace(cached, cache_frozen_layers=False), budget_bytes=400 * GIB, device="cpu",
+                       dataset_tokens=tokens)
+    result = estimate(config_1b, cached, budget_bytes=without.total_bytes + GIB, device="cpu", dataset_tokens=tokens)
+    assert not result.fits
+    assert "cache_frozen_layers false" in result.suggestion
+
+
+def test_pair_token_counts_cut_at_max_length_and_scale_to_all_rows(bundled_tokenizer):
+    from alignment.train import pair_token_counts
+
+    rows = [{"prompt": "Say hello.", "chosen": " Hello there, friend." * 10, "rejected": " No." * 40}] * 6
+    longest, total = pair_token_counts(rows, bundled_tokenizer)
+    assert longest > 40 and total > 6 * longest
+    _, capped = pair_token_counts(rows, bundled_tokenizer, max_length=10)
+    assert capped == 6 * 2 * 10
+    _, scaled = pair_token_counts(rows, bundled_tokenizer, limit=3)
+    assert scaled == total

@@ -159,15 +159,16 @@ def check_rows(rows: list[dict[str, Any]], config: TrainConfig) -> None:
 def memory_plan(config: TrainConfig, rows: list[dict[str, Any]] | None, budget: str) -> MemoryPlan:
     from transformers import AutoConfig, AutoTokenizer
 
-    from alignment.train import longest_pair_tokens
+    from alignment.train import pair_token_counts
 
     try:
         source = resolve_source(config.model)[0]
         model_config = AutoConfig.from_pretrained(source)
-        tokens = longest_pair_tokens(rows, AutoTokenizer.from_pretrained(source)) if rows else None
+        longest, dataset_tokens = (pair_token_counts(rows, AutoTokenizer.from_pretrained(source), config.max_length)
+                                   if rows else (None, None))
         device = config.resolved_device()
         return estimate(model_config, config, parse_size(budget) if (budget or "").strip() else None,
-                        device=device, tokens_per_seq=tokens)
+                        device=device, tokens_per_seq=longest, dataset_tokens=dataset_tokens)
     except (ModelLoadError, SettingsError, OSError) as exc:
         raise gr.Error(f"Could not plan memory for {config.model!r}: {str(exc).splitlines()[0]}") from exc
 
