@@ -178,18 +178,21 @@ def last_position_states(model: Any, tokenizer: Any, texts: Sequence[str], batch
     return states[torch.argsort(torch.tensor(order))]  # back to the order of ``texts``
 
 
-def out_of_fold_scores(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> Any:
+def out_of_fold_scores(features: Any, labels: Any, folds: int = 5, seed: int = 0,
+                       fit: Callable[[Any, Any], Callable[[Any], Any]] | None = None) -> Any:
     """Each prompt's probe score from a probe fitted without it (``folds`` random folds): how a gate fitted on
-    these prompts would score one like it that it has not seen."""
+    these prompts would score one like it that it has not seen. ``fit(x, y)`` returns a scorer; by default the
+    gate's own linear probe (scripts/gate_features.py passes others)."""
     import torch
 
     from alignment.probe import fit_probe
 
+    fit = fit or (lambda x, y: fit_probe(x, y).scores)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     scores = torch.empty(len(labels))
     for fold in order.chunk(folds):
         train = order[~torch.isin(order, fold)]
-        scores[fold] = fit_probe(features[train], labels[train]).scores(features[fold])
+        scores[fold] = fit(features[train], labels[train])(features[fold])
     return scores
 
 

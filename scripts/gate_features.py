@@ -55,17 +55,6 @@ def mlp(hidden: int = 64, weight_decay: float = 1e-2, epochs: int = 300, seed: i
     return fit
 
 
-def random_fold_scores(x: Any, y: Any, fit: Fitter, folds: int = 5, seed: int = 0) -> Any:
-    import torch
-
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    scores = torch.empty(len(y))
-    for fold in order.chunk(folds):
-        train = order[~torch.isin(order, fold)]
-        scores[fold] = fit(x[train], y[train])(x[fold])
-    return scores
-
-
 def category_out_scores(x: Any, y: Any, categories: list[str], fit: Fitter) -> Any:
     import torch
 
@@ -114,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from alignment.evaluate import as_chat
-    from alignment.gate import last_position_states, load_gate
+    from alignment.gate import last_position_states, load_gate, out_of_fold_scores
     from alignment.generation import format_chat
     from alignment.models import load_model
 
@@ -155,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           "| harmful flagged | plain / risky benign flagged |\n|---|---|---|---|---|---|---|")
     losses: dict[str, float] = {}
     for name, (x, fit) in candidates.items():
-        cv = summarise(random_fold_scores(x, y, fit), y, risky)
+        cv = summarise(out_of_fold_scores(x, y, fit=fit), y, risky)
         losses[name] = cv["log_loss"]
         out = summarise(category_out_scores(x, y, categories, fit), y, risky)
         print(f"| {name} | {cv['log_loss']} | {cv['harmful_flagged']} | {cv['plain_flagged']}/{cv['plain']}, "

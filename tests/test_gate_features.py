@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from alignment.gate import out_of_fold_scores
+
 torch = pytest.importorskip("torch")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gate_features.py"
@@ -27,7 +29,7 @@ def synthetic(n_per_class: int = 60, dims: int = 8, shift: float = 3.0):
 def test_cross_validated_scores_separate_a_separable_signal(fit):
     x, y, categories = synthetic()
     risky = torch.tensor([c.startswith("risky") for c in categories])
-    for scores in (gate_features.random_fold_scores(x, y, fit),
+    for scores in (out_of_fold_scores(x, y, fit=fit),
                    gate_features.category_out_scores(x, y, categories, fit)):
         summary = gate_features.summarise(scores, y, risky)
         assert summary["harmful_flagged"] > 0.85
@@ -38,7 +40,7 @@ def test_cross_validated_scores_separate_a_separable_signal(fit):
 
 def test_scores_of_noise_are_no_better_than_chance():
     x, y, categories = synthetic(shift=0.0)
-    summary = gate_features.summarise(gate_features.random_fold_scores(x, y, gate_features.linear()), y,
+    summary = gate_features.summarise(out_of_fold_scores(x, y, fit=gate_features.linear()), y,
                                       torch.zeros(len(y), dtype=torch.bool))
     assert summary["log_loss"] > 0.6  # ln 2 = 0.693 is chance
 
