@@ -19,7 +19,7 @@ How TRL 1.16 spends memory (read from trl/trainer/dpo_trainer.py):
 
 Constants were calibrated on CPU against measured peak RSS (benchmarks/bench_memory.py) and on a GPU against the
 allocator's peak (benchmarks/bench_gpu_memory.py); both in docs/TRAINING.md.
-Try it: ``python -m alignment.memory --config recipes/t4-qlora.yaml --memory-budget 15GB``.
+Try it: ``python -m alignment.memory --config recipes/t4-qlora.yaml --memory-budget 15GB [--dataset pairs.jsonl]``.
 """
 
 from __future__ import annotations
@@ -383,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--memory-budget", default=None, help="e.g. 15GB; default: the device's memory.")
     parser.add_argument("--device", default=None, help="Plan for this device (cpu, cuda) instead of this machine's.")
+    parser.add_argument("--dataset", default=None,
+                        help="Preference pairs (JSONL) to plan for: their longest pair bounds the padded batch, and "
+                        "their tokens size the frozen-layer cache (cache_frozen_layers). Default: max_length.")
     args = parser.parse_args(argv)
+    from alignment.train import DatasetError, load_preference_rows, pair_token_counts
+
     try:
         config = load_train_config(args.config, args.overrides)
         source, _ = resolve_source(config.model)
@@ -392,8 +397,15 @@ def main(argv: list[str] | None = None) -> int:
         budget = parse_size(args.memory_budget) if args.memory_budget else None
         if budget is None and device.startswith("cuda") and not config.resolved_device().startswith("cuda"):
             raise SettingsError("Planning for CUDA on a machine without one: give --memory-budget (e.g. 15GB).")
-        plan = estimate(model_config, config, budget, device=device)
-    except (SettingsError, ModelLoadError, OSError) as exc:
+        longest = dataset_tokens = None
+        if args.dataset:
+            from transformers import AutoTokenizer
+
+            rows = load_preference_rows(args.dataset)
+            longest, dataset_tokens = pair_token_counts(rows, AutoTokenizer.from_pretrained(source), config.max_length)
+        plan = estimate(model_config, config, budget, device=device, tokens_per_seq=longest,
+                        dataset_tokens=dataset_tokens)
+    except (SettingsError, ModelLoadError, DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(plan.describe())

@@ -216,3 +216,14 @@ def test_pair_token_counts_cut_at_max_length_and_scale_to_all_rows(bundled_token
     assert capped == 6 * 2 * 10
     _, scaled = pair_token_counts(rows, bundled_tokenizer, limit=3)
     assert scaled == total
+
+
+def test_the_command_plans_for_a_dataset_and_says_when_it_cannot_read_one(capsys):
+    from alignment.memory import main
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe, pairs = str(repo / "recipes" / "cpu-lora.yaml"), str(repo / "benchmarks" / "data" / "safety_prefs.jsonl")
+    assert main(["--config", recipe, "--dataset", pairs, "--memory-budget", "100GB", "--device", "cpu"]) == 0
+    assert "frozen_layer_cache" in capsys.readouterr().out  # the recipe caches the frozen layers
+    assert main(["--config", recipe, "--dataset", "no-such-file.jsonl", "--memory-budget", "100GB"]) == 2
+    assert "no-such-file.jsonl does not exist" in capsys.readouterr().err
