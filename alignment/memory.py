@@ -57,6 +57,10 @@ _CPU_TILE_COPIES = 12.0
 # On CUDA a Triton kernel folds the tile in place: one tile in the compute dtype (forward or backward, never both;
 # bench_gpu_memory.py), plus float32 copies of the hidden states for the head's gradient.
 _CUDA_TILE_COPIES = 1.0
+# The reference precompute (precompute_reference) runs the head under no_grad: fewer float32 temporaries of the tile
+# than a training step's. Calibrated on bench_memory.py's batch1-len256-top15-500pairs, where the precompute's
+# batches of 8 pairs are the run's peak; checked on batch1-len256-cache.
+_CPU_NOGRAD_TILE_COPIES = 3.5
 # Allocator slack on top of the tensors we count.
 _FRAGMENTATION = 0.10
 _CUDA_CONTEXT = 600 * 2**20
@@ -149,6 +153,11 @@ class MemoryPlan:
         return (f"On {self.device}, {names} happen at different moments of a step and reuse the same memory, so the "
                 f"total counts only the largest of them.")
 
+    def precompute_note(self) -> str:
+        return ("The reference precompute runs before training, with no optimizer state, gradients or activations "
+                "yet: the total is the larger of it (weights, adapters, reference precompute, cache, overhead) and a "
+                "training step (every other part).")
+
     def describe(self) -> str:
         lines = [f"Estimated peak memory {format_size(self.total_bytes)} of {format_size(self.budget_bytes)} "
                  f"on {self.device}: {'fits' if self.fits else 'does NOT fit'}."]
@@ -156,6 +165,8 @@ class MemoryPlan:
                   for name, size in self.parts.items()]
         if self.shared:
             lines.append(self.shared_note())
+        if "reference_precompute" in self.parts:
+            lines.append(self.precompute_note())
         if self.suggestion:
             lines.append(self.suggestion)
         return "\n".join(lines)
@@ -236,6 +247,15 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
     # gradients: its activations live alongside the pairs'. Prompt lengths are unknown here; max_length bounds them.
     retain = (config.retain_batch_size * seq * (saved_layers * per_token_layer + 2 * h * act_bytes)
               if lora and config.retain_weight > 0 else 0)
+    # precompute_reference reads every pair once before training, precompute_batch_size pairs at a time, under
+    # no_grad: the head's tile and one layer at a time, before any optimizer state, gradient or saved activation
+    # exists. A phase of its own: the total is the larger of it and a training step (_sum_parts).
+    precompute = 0
+    if config.precompute_reference:
+        pre_tokens = 2 * config.precompute_batch_size * seq
+        pre_tile = min(pre_tokens, _LOGPROB_TILE_TOKENS) * min(vocab, _LOGPROB_TILE_VOCAB)
+        head = pre_tile * act_bytes * _CUDA_TILE_COPIES if cuda else pre_tile * 4 * _CPU_NOGRAD_TILE_COPIES
+        precompute = head + pre_tokens * (_ACT_H * h + _ACT_I * i) * act_bytes
     # cache_frozen_layers keeps the output of the highest frozen layer for every token of every chosen and rejected
     # sequence (alignment.frozen_layers) for the whole run, in RAM. On CUDA that is host memory, not the GPU's, so it
     # is left out of a GPU plan.
@@ -253,10 +273,11 @@ def _parts(shape: ModelShape, config: TrainConfig, device: str, tokens_per_seq: 
         "reference_weights": int(reference_weights),
         "retain_activations": int(retain),
         "frozen_layer_cache": int(frozen),
+        "reference_precompute": int(precompute),
     }
     parts = {name: size for name, size in parts.items()
              if size or name not in ("layer_recompute", "reference_weights", "retain_activations",
-                                     "frozen_layer_cache")}
+                                     "frozen_layer_cache", "reference_precompute")}
     subtotal = _sum_parts(parts, device)
     parts["overhead"] = int(subtotal * _FRAGMENTATION + (_CUDA_CONTEXT if cuda else 0))
     return parts
@@ -272,10 +293,19 @@ def _shared_parts(parts: dict[str, int], device: str) -> tuple[str, ...]:
     return tuple(name for name in ("logits", "reference_forward", "layer_recompute") if name in parts)
 
 
+# What exists while the reference precompute runs, before training: no optimizer state, gradients or activations.
+_PRECOMPUTE_PHASE = ("weights", "lora_params", "reference_precompute", "frozen_layer_cache", "overhead")
+
+
 def _sum_parts(parts: dict[str, int], device: str) -> int:
+    """The peak: a training step's parts (shared transients counted once), or the reference precompute's phase
+    before training, whichever is larger."""
     shared = _shared_parts(parts, device)
-    return sum(size for name, size in parts.items() if name not in shared) + max(
+    step = sum(size for name, size in parts.items() if name not in shared and name != "reference_precompute") + max(
         (parts[name] for name in shared), default=0)
+    if "reference_precompute" not in parts:
+        return step
+    return max(step, sum(parts.get(name, 0) for name in _PRECOMPUTE_PHASE))
 
 
 def default_budget(device: str) -> int:

@@ -323,6 +323,11 @@ class TrainConfig:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * _world_size()
 
     @property
+    def precompute_batch_size(self) -> int:
+        """Pairs per forward pass of the reference precompute: a no-grad pass, so batches of 8 cost little."""
+        return max(8, self.per_device_train_batch_size)
+
+    @property
     def checkpoint_dir(self) -> Path:
         return Path(self.output_dir) / "checkpoints"
 
@@ -421,7 +426,7 @@ class TrainConfig:
             logging_steps=self.logging_steps,
             logging_first_step=True,
             precompute_ref_log_probs=self.precompute_reference,
-            precompute_ref_batch_size=max(8, self.per_device_train_batch_size),
+            precompute_ref_batch_size=self.precompute_batch_size,
             # The Trainer would hide a NaN/inf step loss behind the running mean; we want to see it and stop.
             logging_nan_inf_filter=False,
             report_to="none",

@@ -5,7 +5,8 @@ process; the child reports ``ru_maxrss`` minus its RSS after imports (the torch/
 part of the estimate). Answers are long enough that every sequence reaches max_length, so the planner's
 max_length assumption holds. Prints estimate, measured and their ratio (target: within 25%).
 
-Run: ``ALIGN_CACHE_DIR=/tmp/aligncache python benchmarks/bench_memory.py [--steps 2]`` (~3 minutes on 2 cores).
+Run: ``ALIGN_CACHE_DIR=/tmp/aligncache python benchmarks/bench_memory.py [--steps 2] [--only NAME]`` (about 25 minutes on
+2 cores, most of it the reference precompute over the last two configurations' 500 pairs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ CONFIGS = [
     # The cpu-lora recipe's speed settings: adapters in the top 15 layers, reference log-probs precomputed.
     {"name": "batch4-len256-top15", "per_device_train_batch_size": 4, "max_length": 256,
      "gradient_checkpointing": False, "lora_layers": 15, "precompute_reference": True},
+    # cache_frozen_layers on 500 pairs: the cache (one hidden state per token of every sequence, ~0.55 GiB here) is
+    # a fifth of the peak, so leaving it out of the plan would show in the ratio; the same run without it first.
+    {"name": "batch1-len256-top15-500pairs", "per_device_train_batch_size": 1, "max_length": 256,
+     "gradient_checkpointing": False, "lora_layers": 15, "precompute_reference": True, "pairs": 500},
+    {"name": "batch1-len256-cache", "per_device_train_batch_size": 1, "max_length": 256,
+     "gradient_checkpointing": False, "lora_layers": 15, "precompute_reference": True, "cache_frozen_layers": True,
+     "pairs": 500},
 ]
 
 CHILD = r"""
@@ -60,25 +68,33 @@ def write_long_pairs(path: Path, n: int = 12, repeats: int = 40) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--only", choices=[spec["name"] for spec in CONFIGS], help="measure one configuration")
     args = parser.parse_args()
 
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     from alignment.memory import estimate, format_size
     from alignment.models import resolve_source
+    from alignment.train import load_preference_rows, pair_token_counts
     from alignment.train_config import TrainConfig
 
-    model_config = AutoConfig.from_pretrained(resolve_source("bundled")[0])
+    source = resolve_source("bundled")[0]
+    model_config, tokenizer = AutoConfig.from_pretrained(source), AutoTokenizer.from_pretrained(source)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "long.jsonl"
-        write_long_pairs(data)
         for spec in CONFIGS:
-            fields = {k: v for k, v in spec.items() if k != "name"}
+            if args.only and spec["name"] != args.only:
+                continue
+            data = Path(tmp) / f"long-{spec.get('pairs', 12)}.jsonl"
+            write_long_pairs(data, n=spec.get("pairs", 12))
+            fields = {k: v for k, v in spec.items() if k not in ("name", "pairs")}
             config = dict(model="bundled", dataset=str(data), run_name=spec["name"], output_dir=f"{tmp}/{spec['name']}",
                           device="cpu", max_steps=args.steps, gradient_accumulation_steps=1, eval_split=0.0,
                           save_steps=1000, lora_r=16, lora_alpha=32, lora_dropout=0.0, **fields)
-            plan = estimate(model_config, TrainConfig(**config), budget_bytes=10**12, device="cpu")
+            train_config = TrainConfig(**config)
+            _, dataset_tokens = pair_token_counts(load_preference_rows(str(data)), tokenizer, train_config.max_length)
+            plan = estimate(model_config, train_config, budget_bytes=10**12, device="cpu",
+                            dataset_tokens=dataset_tokens)
             measured = run_child(CHILD, json.dumps({"config": config}))
             if measured is None:
                 print(f"error: {spec['name']}: the child printed no result", file=sys.stderr)

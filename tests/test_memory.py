@@ -227,3 +227,25 @@ def test_the_command_plans_for_a_dataset_and_says_when_it_cannot_read_one(capsys
     assert "frozen_layer_cache" in capsys.readouterr().out  # the recipe caches the frozen layers
     assert main(["--config", recipe, "--dataset", "no-such-file.jsonl", "--memory-budget", "100GB"]) == 2
     assert "no-such-file.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_the_reference_precompute_is_a_phase_of_its_own_and_can_be_the_peak(config_1b):
+    def phases(result):
+        parts = result.parts
+        before = sum(parts.get(name, 0) for name in ("weights", "lora_params", "reference_precompute", "overhead"))
+        return before, sum(size for name, size in parts.items() if name != "reference_precompute")
+
+    # Batch 1, adapters in the top 4 layers: a training step is small, the precompute's batches of 8 pairs are not.
+    small = base(device="cpu", precision="fp32", per_device_train_batch_size=1, lora_layers=4,
+                 precompute_reference=True)
+    result = estimate(config_1b, small, budget_bytes=400 * GIB, device="cpu")
+    before, step = phases(result)
+    assert before > step and result.total_bytes == before
+    assert "before training" in result.describe()
+    # A train batch of 8 reads the precompute in the same batches, and its training step is now the peak.
+    big = estimate(config_1b, replace(small, per_device_train_batch_size=8), budget_bytes=400 * GIB, device="cpu")
+    assert big.parts["reference_precompute"] == result.parts["reference_precompute"]
+    before, step = phases(big)
+    assert step > before and big.total_bytes == step
+    assert "reference_precompute" not in estimate(config_1b, replace(small, precompute_reference=False),
+                                                  budget_bytes=400 * GIB, device="cpu").parts
