@@ -94,6 +94,8 @@ def test_plan_shows_the_parts_and_verdict(app):
     assert "Memory plan" in plan and "fits" in plan and "does NOT fit" not in plan
     for part in ("weights", "optimizer", "activations", "logits"):
         assert f"| {part} |" in plan
+    # The cpu-lora recipe precomputes the reference and caches the frozen layers of the app's labelled pairs.
+    assert "| reference precompute |" in plan and "before training" in plan and "| frozen layer cache |" in plan
     tight = client.predict(**plan_kwargs(budget_text="1MB"), api_name="/train_plan")
     assert "does NOT fit" in tight and ("To fit in" in tight or "smaller model" in tight)
 

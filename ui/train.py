@@ -182,6 +182,8 @@ def plan_markdown(plan: MemoryPlan, config: TrainConfig) -> str:
               for name, size in plan.parts.items()]
     if plan.shared:
         lines += ["", plan.shared_note()]
+    if "reference_precompute" in plan.parts:
+        lines += ["", plan.precompute_note()]
     if plan.suggestion:
         lines += ["", plan.suggestion, "", "Tick *Start even if it does not fit* to try anyway."]
     return "\n".join(lines)
