@@ -1,4 +1,4 @@
-"""Check the memory planner against real peaks: estimate vs measured peak RSS for four CPU configurations.
+"""Check the memory planner against real peaks: estimate vs measured peak RSS for six CPU configurations.
 
 Each configuration trains the bundled model for a few steps with ``alignment.train.train`` in a fresh Python
 process; the child reports ``ru_maxrss`` minus its RSS after imports (the torch/transformers runtime is not
