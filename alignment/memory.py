@@ -349,24 +349,29 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
     four_bit = [config.load_in_4bit] + (
         [True] if not config.load_in_4bit and config.lora_r > 0 and device.startswith("cuda") else [])
     caches = [config.cache_frozen_layers] + ([False] if config.cache_frozen_layers else [])
+    # The precompute's batch (0 = the default): smaller batches shrink the phase before training.
+    references = [config.reference_batch_size] + ([b for b in (4, 2, 1) if b < config.precompute_batch_size]
+                                                  if config.precompute_reference else [])
     effective = config.per_device_train_batch_size * config.gradient_accumulation_steps
     options = []
-    for length, batch, ckpt, q4, cache in itertools.product(lengths, batches, checkpointing, four_bit, caches):
+    for length, batch, ckpt, q4, cache, reference in itertools.product(lengths, batches, checkpointing, four_bit,
+                                                                        caches, references):
         candidate = replace(config, max_length=length, per_device_train_batch_size=batch,
                             gradient_accumulation_steps=max(1, math.ceil(effective / batch)),
                             gradient_checkpointing=ckpt, load_in_4bit=q4, merge_after=False,
-                            cache_frozen_layers=cache)
+                            cache_frozen_layers=cache, reference_batch_size=reference)
         total = _sum_parts(_parts(shape, candidate, device, tokens_per_seq, dataset_tokens), device)
         if total <= budget:
             changes = (length != current_len) + (batch != config.per_device_train_batch_size) + \
                       (ckpt != config.gradient_checkpointing) + (q4 != config.load_in_4bit) + \
-                      (cache != config.cache_frozen_layers)
+                      (cache != config.cache_frozen_layers) + (reference != config.reference_batch_size)
             # Prefer few changes, then keeping long sequences, then bigger batches.
             options.append(((changes, -length, -batch), candidate, total))
     if not options:
         smallest = replace(config, max_length=128, per_device_train_batch_size=1, gradient_checkpointing=True,
                            load_in_4bit=config.load_in_4bit or (config.lora_r > 0 and device.startswith("cuda")),
-                           merge_after=False, cache_frozen_layers=False)
+                           merge_after=False, cache_frozen_layers=False,
+                           reference_batch_size=1 if config.precompute_reference else config.reference_batch_size)
         need = _sum_parts(_parts(shape, smallest, device, tokens_per_seq), device)
         return (f"Even with max_length 128, batch size 1, gradient checkpointing and 4-bit this needs "
                 f"{format_size(need)} of {format_size(budget)}: use a smaller model"
@@ -396,6 +401,8 @@ def _changes(config: TrainConfig, candidate: TrainConfig) -> list[str]:
         out.append("load_in_4bit true")
     if candidate.cache_frozen_layers != config.cache_frozen_layers:
         out.append("cache_frozen_layers false")
+    if candidate.reference_batch_size != config.reference_batch_size:
+        out.append(f"reference_batch_size {candidate.reference_batch_size}")
     return out
 
 

@@ -133,6 +133,12 @@ class TrainConfig:
         metadata={"help": "Compute the reference model's log-probs once, before training, instead of in every step: "
                   "saves a forward pass per pair in every epoch after the first."},
     )
+    reference_batch_size: int = field(
+        default=0,
+        metadata={"help": "With precompute_reference: pairs per forward pass of the precompute. 0: 8, or the train "
+                  "batch if larger. A no-grad pass, so 8 is cheap, but with a small train batch the precompute "
+                  "can be a run's memory peak: lower it when the memory plan says so."},
+    )
     cache_frozen_layers: bool = field(
         default=False,
         metadata={"help": "With precompute_reference and lora_layers: keep the output of the layers below the "
@@ -240,6 +246,7 @@ class TrainConfig:
             raise SettingsError(f"max_steps is {self.max_steps}; use a positive number, or -1 to train by epochs.")
         validate_range("per_device_train_batch_size", self.per_device_train_batch_size, 1)
         validate_range("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        validate_range("reference_batch_size", self.reference_batch_size, 0)
         if self.max_length is not None:
             validate_range("max_length", self.max_length, 16)
         validate_choice("truncation_mode", self.truncation_mode, TRUNCATION_MODES)
@@ -324,8 +331,9 @@ class TrainConfig:
 
     @property
     def precompute_batch_size(self) -> int:
-        """Pairs per forward pass of the reference precompute: a no-grad pass, so batches of 8 cost little."""
-        return max(8, self.per_device_train_batch_size)
+        """Pairs per forward pass of the reference precompute: reference_batch_size, or by default 8 (a no-grad
+        pass, so batches of 8 cost little) or the train batch if larger."""
+        return self.reference_batch_size or max(8, self.per_device_train_batch_size)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -249,3 +249,16 @@ def test_the_reference_precompute_is_a_phase_of_its_own_and_can_be_the_peak(conf
     assert step > before and big.total_bytes == step
     assert "reference_precompute" not in estimate(config_1b, replace(small, precompute_reference=False),
                                                   budget_bytes=400 * GIB, device="cpu").parts
+
+
+def test_a_precompute_that_does_not_fit_is_answered_by_a_smaller_reference_batch(config_1b):
+    small = base(device="cpu", precision="fp32", per_device_train_batch_size=1, lora_layers=4,
+                 precompute_reference=True)
+    plain = estimate(config_1b, small, budget_bytes=400 * GIB, device="cpu")
+    step = sum(size for name, size in plain.parts.items() if name != "reference_precompute")
+    assert plain.total_bytes > step  # the precompute's batches of 8 pairs are the peak
+    result = estimate(config_1b, small, budget_bytes=step + GIB // 4, device="cpu")
+    assert not result.fits and "set reference_batch_size" in result.suggestion
+    fewer = replace(small, reference_batch_size=int(result.suggestion.split("reference_batch_size ")[1].split()[0]))
+    assert fewer.precompute_batch_size < 8
+    assert estimate(config_1b, fewer, budget_bytes=step + GIB // 4, device="cpu").fits

@@ -66,6 +66,7 @@ def test_overrides_are_typed():
     ({"lora_layers": -1}, "lora_layers"),
     ({"lora_layers": 4, "lora_r": 0}, "lora_layers"),
     ({"cache_frozen_layers": True, "lora_layers": 15}, "needs precompute_reference: true"),
+    ({"reference_batch_size": -1}, "reference_batch_size"),
     ({"cache_frozen_layers": True, "precompute_reference": True}, "lora_layers above 0"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "one weight per loss"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -0.5]}, "loss_weights"),
@@ -112,6 +113,12 @@ def test_precompute_reference_reaches_trl(tmp_path):
     dpo = TrainConfig(device="cpu", output_dir=str(tmp_path), precompute_reference=True).to_dpo_config()
     assert dpo.precompute_ref_log_probs is True
     assert TrainConfig(device="cpu", output_dir=str(tmp_path)).to_dpo_config().precompute_ref_log_probs is False
+    # The precompute's batch: 8 pairs, the train batch if larger, or reference_batch_size when set.
+    assert dpo.precompute_ref_batch_size == 8
+    assert TrainConfig(device="cpu", output_dir=str(tmp_path), precompute_reference=True,
+                       per_device_train_batch_size=16).to_dpo_config().precompute_ref_batch_size == 16
+    assert TrainConfig(device="cpu", output_dir=str(tmp_path), precompute_reference=True,
+                       reference_batch_size=2).to_dpo_config().precompute_ref_batch_size == 2
 
 
 def test_bf16_on_cpu_only_where_the_cpu_has_it():
