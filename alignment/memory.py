@@ -373,7 +373,14 @@ def suggest(shape: ModelShape, config: TrainConfig, budget: int, device: str,
                            merge_after=False, cache_frozen_layers=False,
                            reference_batch_size=1 if config.precompute_reference else config.reference_batch_size)
         need = _sum_parts(_parts(shape, smallest, device, tokens_per_seq), device)
-        return (f"Even with max_length 128, batch size 1, gradient checkpointing and 4-bit this needs "
+        tried = ["max_length 128", "batch size 1", "gradient checkpointing"]
+        if smallest.precompute_reference:
+            tried.append("a reference batch of 1")
+        if config.cache_frozen_layers:
+            tried.append("no frozen-layer cache")
+        if smallest.load_in_4bit:
+            tried.append("4-bit weights")
+        return (f"Even with {', '.join(tried[:-1])} and {tried[-1]} this needs "
                 f"{format_size(need)} of {format_size(budget)}: use a smaller model"
                 + (" or LoRA (lora_r > 0)" if config.lora_r == 0 else "") + ".")
     options.sort(key=lambda item: item[0])

@@ -112,6 +112,16 @@ def test_small_budget_refuses_with_a_concrete_suggestion(config_1b):
 def test_impossible_budget_says_use_a_smaller_model(config_1b):
     result = plan(config_1b, base(), budget=100 * 2**20)
     assert not result.fits and "smaller model" in result.suggestion
+    assert "4-bit" in result.suggestion and "reference batch" not in result.suggestion
+
+
+def test_impossible_budget_names_only_what_was_tried_on_that_device(config_1b):
+    # On a CPU there is no 4-bit; a precompute and a frozen-layer cache were shrunk and dropped instead.
+    config = base(device="cpu", precision="fp32", precompute_reference=True, cache_frozen_layers=True,
+                  lora_layers=12)
+    message = estimate(config_1b, config, budget_bytes=100 * 2**20, device="cpu").suggestion
+    assert "smaller model" in message and "4-bit" not in message
+    assert "a reference batch of 1" in message and "no frozen-layer cache" in message
 
 
 def test_cpu_budget_defaults_to_available_ram(config_1b):
