@@ -297,6 +297,38 @@ def evaluate(
     }
 
 
+def rejudge(report: dict[str, Any], judge: Any) -> int:
+    """Judge a saved report's answers again, in place; returns how many verdicts changed.
+
+    Answers cost minutes to generate and verdicts under a millisecond, so a report made before a judge fix is
+    brought up to date without generating again: the verdicts, the summary, the answer rates and the diagnosis
+    are redone; the answers, the gate's routing and the reference scores are kept as they are.
+    """
+    from alignment.diagnosis import diagnose
+    from alignment.metrics import summarize
+
+    rows = report["rows"]
+    sides = [side for side in ("base", "aligned") if rows and side in rows[0]]
+    changed = 0
+    for side in sides:
+        verdicts = judge.judge_many([(last_user_text(r["prompt"]), r[side]["response"]) for r in rows])
+        for row, v in zip(rows, verdicts, strict=True):
+            before = (row[side]["refused"], row[side]["kind"])
+            row[side].update(refused=bool(v.refused), kind=v.kind, score=float(v.score), reason=v.reason)
+            changed += before != (row[side]["refused"], row[side]["kind"])
+    if not changed:
+        return 0
+    capability = report.get("capability", {})
+    for side in sides:
+        capability[f"{side}_answer_rate"] = _answer_rate(rows, side)
+    report["summary"] = summarize(rows)
+    by_split = compliance_by_split(rows, sides[-1])
+    report["by_split"] = {"side": sides[-1], "harmful_compliance": by_split}
+    report["diagnosis"] = diagnose(report["summary"], capability, by_split)
+    report.setdefault("meta", {})["judge"] = getattr(judge, "name", str(judge))
+    return changed
+
+
 # ---------------------------------------------------------------------------------------------- reports
 
 

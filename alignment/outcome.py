@@ -1062,7 +1062,7 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
 def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str | Path, fresh: bool = False,
                  status: Status | None = None) -> dict[str, Any]:
     """Run the stages that are not done yet; return the outcome report (also written to report.json)."""
-    from alignment.evaluate import EvalSettings, ProgressPrinter, attach_adapter, evaluate, write_report
+    from alignment.evaluate import EvalSettings, ProgressPrinter, attach_adapter, evaluate, rejudge, write_report
     from alignment.judge import load_judge
     from alignment.models import LoadSettings, load_model
     from alignment.refusal_data import write_jsonl
@@ -1165,6 +1165,11 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         if path.is_file():
             status(f"{stage('evaluate')} {name}: reusing {path}")
             reports[name] = json.loads(path.read_text())
+            # The answers are kept; their verdicts follow the judge as it is now (a judge fix since the run).
+            changed = rejudge(reports[name], judge)
+            if changed:
+                write_report(reports[name], path)
+                status(f"{stage('evaluate')} {name}: judged again, {changed} verdicts changed since it was written")
             continue
         status(f"{stage('evaluate')} {name}: {len(cases)} cases, base vs aligned, greedy, "
                f"{config.eval_max_new_tokens} tokens")

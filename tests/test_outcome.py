@@ -265,10 +265,24 @@ def test_pipeline_runs_every_stage_then_reuses_them(tiny_recipe, tmp_path):
     assert "harm_reduction" in outcome["evaluations"]["independent"]["targets"]
     pairs_written = (out / "data/pairs.jsonl").stat().st_mtime_ns
 
+    # A verdict the judge of the day got wrong (here: written by hand) is judged again when the report is reused.
+    saved = json.loads((out / "eval_independent.json").read_text())
+    row = saved["rows"][0]
+    honest = {k: row["base"][k] for k in ("refused", "kind")}
+    row["base"].update(refused=not honest["refused"], kind="stale")
+    honest_summary, saved["summary"] = saved["summary"], {"stale": True}
+    (out / "eval_independent.json").write_text(json.dumps(saved))
+
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
     assert sum("reusing" in m for m in messages) == 4
     assert (out / "data/pairs.jsonl").stat().st_mtime_ns == pairs_written
+    assert any("independent: judged again, 1 verdicts changed" in m for m in messages), messages
+    again = json.loads((out / "eval_independent.json").read_text())
+    assert {k: again["rows"][0]["base"][k] for k in ("refused", "kind")} == honest
+    assert again["summary"] == honest_summary
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluations"]["independent"]["summary"] == honest_summary
 
     messages.clear()
     run_pipeline(config, train, out, fresh=True, status=messages.append)
