@@ -1062,7 +1062,14 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
 def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str | Path, fresh: bool = False,
                  status: Status | None = None) -> dict[str, Any]:
     """Run the stages that are not done yet; return the outcome report (also written to report.json)."""
-    from alignment.evaluate import EvalSettings, ProgressPrinter, attach_adapter, evaluate, rejudge, write_report
+    from alignment.evaluate import (
+        EvalSettings,
+        ProgressPrinter,
+        attach_adapter,
+        evaluate,
+        rejudge,
+        write_report,
+    )
     from alignment.judge import load_judge
     from alignment.models import LoadSettings, load_model
     from alignment.refusal_data import write_jsonl

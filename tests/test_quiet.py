@@ -40,6 +40,6 @@ def test_only_the_is_gradient_checkpointing_future_warning_is_ignored():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_library_noise()
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("`other_thing` is deprecated", FutureWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
+        warnings.warn("`other_thing` is deprecated", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["`other_thing` is deprecated"]
