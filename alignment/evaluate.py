@@ -188,7 +188,7 @@ def evaluate(
     ``on_progress(done, total)`` counts answers generated plus references scored; ``should_stop()`` is checked
     between batches and raises GenerationCancelled.
     """
-    from alignment.diagnosis import diagnose
+    from alignment.diagnosis import diagnose, gate_routing
     from alignment.judge import load_judge
     from alignment.metrics import summarize
 
@@ -287,7 +287,7 @@ def evaluate(
     return {
         "summary": summary,
         "capability": capability,
-        "diagnosis": diagnose(summary, capability, by_split),
+        "diagnosis": diagnose(summary, capability, by_split, gate_routing(rows)),
         "by_split": {"side": sides[-1], "harmful_compliance": by_split},
         "rows": rows,
         "meta": {"adapter": adapter, "settings": asdict(settings), "judge": getattr(judge, "name", str(judge)),
@@ -304,29 +304,40 @@ def rejudge(report: dict[str, Any], judge: Any) -> int:
     brought up to date without generating again: the verdicts, the summary, the answer rates and the diagnosis
     are redone; the answers, the gate's routing and the reference scores are kept as they are.
     """
-    from alignment.diagnosis import diagnose
-    from alignment.metrics import summarize
-
     rows = report["rows"]
-    sides = [side for side in ("base", "aligned") if rows and side in rows[0]]
     changed = 0
-    for side in sides:
+    for side in _sides(rows):
         verdicts = judge.judge_many([(last_user_text(r["prompt"]), r[side]["response"]) for r in rows])
         for row, v in zip(rows, verdicts, strict=True):
             before = (row[side]["refused"], row[side]["kind"])
             row[side].update(refused=bool(v.refused), kind=v.kind, score=float(v.score), reason=v.reason)
             changed += before != (row[side]["refused"], row[side]["kind"])
-    if not changed:
-        return 0
-    capability = report.get("capability", {})
+    if changed:
+        rescore(report)
+        report.setdefault("meta", {})["judge"] = getattr(judge, "name", str(judge))
+    return changed
+
+
+def _sides(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [side for side in ("base", "aligned") if rows and side in rows[0]]
+
+
+def rescore(report: dict[str, Any]) -> dict[str, Any]:
+    """Redo a report's summary, answer rates, by-split compliance and diagnosis from its rows' verdicts as they
+    are now (after judging again, or a person's overrides in the Red-team tab); in place, and returned."""
+    from alignment.diagnosis import diagnose, gate_routing
+    from alignment.metrics import summarize
+
+    rows = report["rows"]
+    sides = _sides(rows)
+    capability = dict(report.get("capability") or {})
     for side in sides:
         capability[f"{side}_answer_rate"] = _answer_rate(rows, side)
-    report["summary"] = summarize(rows)
+    summary = summarize(rows)
     by_split = compliance_by_split(rows, sides[-1])
-    report["by_split"] = {"side": sides[-1], "harmful_compliance": by_split}
-    report["diagnosis"] = diagnose(report["summary"], capability, by_split)
-    report.setdefault("meta", {})["judge"] = getattr(judge, "name", str(judge))
-    return changed
+    report.update(summary=summary, capability=capability, by_split={"side": sides[-1], "harmful_compliance": by_split},
+                  diagnosis=diagnose(summary, capability, by_split, gate_routing(rows)))
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- reports

@@ -207,6 +207,52 @@ def test_diagnosis_names_what_to_change():
     assert diagnose(summarize(safe + good_benign), {"loglik_delta": 0.0}) == []
 
 
+def _routed(row, routed):
+    row = {**row, "aligned": {**row["aligned"], "routed": routed}}
+    return row
+
+
+def test_diagnosis_of_a_gated_model_says_whether_the_gate_or_the_adapter_missed(tmp_path, capsys):
+    from alignment.diagnosis import diagnose, gate_routing
+    from alignment.diagnosis import main as diagnosis_main
+    from alignment.metrics import summarize
+
+    refused_by_adapter = [_routed(_judged("harmful", "direct", "fraud", False, True), True)] * 8
+    left_to_base = [_routed(_judged("harmful", "direct", "malware", False, False), False)] * 2
+    answered = [_routed(_judged("benign", None, "task_api", False, False, risky=r), False) for r in (False, True) * 10]
+    rows = refused_by_adapter + left_to_base + answered
+    routing = gate_routing(rows)
+    assert routing == {"sent_to_adapter": 8, "cases": 30, "harmful_answered_left_to_base": 2,
+                       "harmful_answered_by_adapter": 0, "benign_refused_by_adapter": 0, "benign_refused_by_base": 0}
+    steps = {s["id"]: s for s in diagnose(summarize(rows), {}, None, routing)}
+    # Every harmful answer came from the base model: more refusal pairs would not reach them.
+    assert set(steps) == {"gate_misses"} and steps["gate_misses"]["categories"] == ["malware"]
+    assert "left 2 of them to the base model" in steps["gate_misses"]["why"]
+    assert steps["gate_misses"]["doc"].endswith("#gate-misses")
+
+    # The adapter answering one it was sent is the adapter's miss; benign prompts it was sent and refused are the gate's.
+    adapter_answered = [_routed(_judged("harmful", "direct", "fraud", False, False), True)]
+    sent_benign = [_routed(_judged("benign", None, "risky_tech", False, True, risky=True), True)] * 3
+    rows = refused_by_adapter + left_to_base + adapter_answered + answered + sent_benign
+    steps = {s["id"]: s for s in diagnose(summarize(rows), {}, None, gate_routing(rows))}
+    assert {"gate_misses", "still_complies", "gate_sends_benign"} <= set(steps) and "refuses_too_much" not in steps
+    assert "sent 3 of them to the adapter" in steps["gate_sends_benign"]["why"]
+
+    # Without a gate the advice is the adapter's, as before.
+    plain_rows = [{k: v for k, v in r.items()} | {"aligned": {k: v for k, v in r["aligned"].items() if k != "routed"}}
+                  for r in rows]
+    assert gate_routing(plain_rows) is None
+    assert {"still_complies", "refuses_too_much"} <= {s["id"] for s in diagnose(summarize(plain_rows), {})}
+
+    # The command line reads the routing from a saved report's rows.
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"summary": summarize(rows), "capability": {}, "rows": rows,
+                                  "by_split": {"side": "aligned", "harmful_compliance": {}}}))
+    assert diagnosis_main([str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "gate left 2 of them to the base model" in out and "see docs/TROUBLESHOOTING.md#gate-sends-benign" in out
+
+
 def test_diagnosis_of_a_base_only_report_points_to_training():
     from alignment.diagnosis import diagnose
     from alignment.metrics import summarize

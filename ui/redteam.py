@@ -35,14 +35,13 @@ import pandas as pd
 from alignment.evaluate import (
     EvalSettings,
     EvaluationError,
-    compliance_by_split,
     evaluate,
     last_user_text,
     write_report,
 )
+from alignment.evaluate import rescore as rescore_report
 from alignment.generation import MAX_NEW_TOKENS_CAP, GenerationCancelled
 from alignment.judge import BUILTIN_JUDGES
-from alignment.metrics import Rate, summarize
 from alignment.models import ModelLoadError
 from alignment.redteam import (
     CATEGORIES,
@@ -166,26 +165,11 @@ def apply_overrides(rows: Sequence[dict[str, Any]], overrides: dict[str, dict[st
     return applied
 
 
-def _answer_rate(rows: Sequence[dict[str, Any]], side: str) -> dict[str, Any] | None:
-    benign = [r for r in rows if r["label"] == "benign" and side in r]
-    if not benign:
-        return None
-    return Rate.of(sum(r[side]["kind"] == "compliance" for r in benign), len(benign)).to_dict()
-
-
 def rescore(report: dict[str, Any]) -> dict[str, Any]:
     """Recompute summary, by-split compliance and diagnosis from the rows' current verdicts (in place)."""
-    from alignment.diagnosis import diagnose
-
+    rescore_report(report)
     rows = report["rows"]
     sides = [s for s in SIDES if rows and s in rows[0]]
-    capability = dict(report.get("capability") or {})
-    for side in sides:
-        capability[f"{side}_answer_rate"] = _answer_rate(rows, side)
-    summary = summarize(rows)
-    by_split = compliance_by_split(rows, sides[-1])
-    report.update(summary=summary, capability=capability, by_split={"side": sides[-1], "harmful_compliance": by_split},
-                  diagnosis=diagnose(summary, capability, by_split))
     report.setdefault("meta", {})["overrides"] = sum(1 for r in rows for s in sides if "override" in r[s])
     return report
 
