@@ -247,10 +247,11 @@ def test_diagnosis_of_a_gated_model_says_whether_the_gate_or_the_adapter_missed(
     # The command line reads the routing from a saved report's rows.
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"summary": summarize(rows), "capability": {}, "rows": rows,
-                                  "by_split": {"side": "aligned", "harmful_compliance": {}}}))
+                                  "by_split": {"side": "aligned", "harmful_compliance": {"train": 0.0, "heldout": 0.5}}}))
     assert diagnosis_main([str(report)]) == 0
     out = capsys.readouterr().out
     assert "gate left 2 of them to the base model" in out and "see docs/TROUBLESHOOTING.md#gate-sends-benign" in out
+    assert "#poor-generalisation" in out  # the split figures are read as evaluate() writes them
 
 
 def test_diagnosis_of_a_base_only_report_points_to_training():
