@@ -39,7 +39,8 @@ def _step(id_: str, step: str, why: str, categories: list[str] | None = None,
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
+    # One decimal: 2 of 37 is 5.4%, which a whole percent would show as "5% (target < 5%)".
+    return "n/a" if value is None else f"{value:.1%}".replace(".0%", "%")
 
 
 def gate_routing(rows: list[dict[str, Any]]) -> dict[str, int] | None:
