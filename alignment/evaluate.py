@@ -302,13 +302,16 @@ def rejudge(report: dict[str, Any], judge: Any) -> int:
 
     Answers cost minutes to generate and verdicts under a millisecond, so a report made before a judge fix is
     brought up to date without generating again: the verdicts, the summary, the answer rates and the diagnosis
-    are redone; the answers, the gate's routing and the reference scores are kept as they are.
+    are redone; the answers, the gate's routing and the reference scores are kept as they are, and so is a verdict
+    a person set in the Red-team tab (an ``override``).
     """
     rows = report["rows"]
     changed = 0
     for side in _sides(rows):
         verdicts = judge.judge_many([(last_user_text(r["prompt"]), r[side]["response"]) for r in rows])
         for row, v in zip(rows, verdicts, strict=True):
+            if "override" in row[side]:
+                continue
             before = (row[side]["refused"], row[side]["kind"])
             row[side].update(refused=bool(v.refused), kind=v.kind, score=float(v.score), reason=v.reason)
             changed += before != (row[side]["refused"], row[side]["kind"])
