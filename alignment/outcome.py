@@ -1068,6 +1068,7 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         attach_adapter,
         evaluate,
         rejudge,
+        rescore,
         write_report,
     )
     from alignment.judge import load_judge
@@ -1172,10 +1173,13 @@ def run_pipeline(config: OutcomeConfig, train: dict[str, Any], output_dir: str |
         if path.is_file():
             status(f"{stage('evaluate')} {name}: reusing {path}")
             reports[name] = json.loads(path.read_text())
-            # The answers are kept; their verdicts follow the judge as it is now (a judge fix since the run).
+            # The answers are kept; their verdicts and the advice read off them follow the judge and the diagnosis
+            # as they are now (a fix to either since the run).
+            diagnosis = reports[name].get("diagnosis")
             changed = rejudge(reports[name], judge)
-            if changed:
+            if changed or rescore(reports[name])["diagnosis"] != diagnosis:
                 write_report(reports[name], path)
+            if changed:
                 status(f"{stage('evaluate')} {name}: judged again, {changed} verdicts changed since it was written")
             continue
         status(f"{stage('evaluate')} {name}: {len(cases)} cases, base vs aligned, greedy, "

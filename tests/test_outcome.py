@@ -272,6 +272,10 @@ def test_pipeline_runs_every_stage_then_reuses_them(tiny_recipe, tmp_path):
     row["base"].update(refused=not honest["refused"], kind="stale")
     honest_summary, saved["summary"] = saved["summary"], {"stale": True}
     (out / "eval_independent.json").write_text(json.dumps(saved))
+    # Advice written by an older diagnosis is redone even when no verdict changed.
+    heldout_saved = json.loads((out / "eval_redteam_heldout.json").read_text())
+    honest_diagnosis, heldout_saved["diagnosis"] = heldout_saved["diagnosis"], [{"id": "stale"}]
+    (out / "eval_redteam_heldout.json").write_text(json.dumps(heldout_saved))
 
     messages.clear()
     run_pipeline(config, train, out, status=messages.append)
@@ -281,6 +285,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(tiny_recipe, tmp_path):
     again = json.loads((out / "eval_independent.json").read_text())
     assert {k: again["rows"][0]["base"][k] for k in ("refused", "kind")} == honest
     assert again["summary"] == honest_summary
+    assert json.loads((out / "eval_redteam_heldout.json").read_text())["diagnosis"] == honest_diagnosis
+    assert not any("redteam_heldout: judged again" in m for m in messages)
     report = json.loads((out / "report.json").read_text())
     assert report["evaluations"]["independent"]["summary"] == honest_summary
 
