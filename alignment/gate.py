@@ -14,13 +14,15 @@ alone. The layer is chosen by cross-validated log-loss on the prompts the gate i
 evaluation prompts.
 
 Run: ``python -m alignment.gate --adapter runs/refusal-bundled-cpu/adapter --prompts
-runs/refusal-bundled-cpu/data/gate_prompts.jsonl [--model bundled] [--layer N] [--risky-flag-rate 0.05]`` (fits a
+runs/refusal-bundled-cpu/data/gate_prompts.jsonl [--model bundled] [--layer N] [--risky-flag-rate 0.05]
+[--neighbours 5 --neighbour-weight 0.3]`` (fits a
 gate on the prompts' ``label`` harmful/benign and writes it into the adapter folder; about a minute on 2 cores for
 1,000 prompts).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -39,6 +41,10 @@ FOUR_BIT_WARNING = (
     "more harmful prompts through to the base model (the bundled model's gate routed 49 of 62 harmful prompts in "
     "4-bit, all 62 in 16-bit). Load the model without 4-bit (--no-4bit) to get the aligned model as measured.")
 
+# How sharply the nearest neighbours' labels are weighted by their cosine similarity (a softmax temperature of
+# 1/20): at 20, a neighbour 0.05 closer than another counts e (2.7) times as much. Fixed, not fitted.
+NEIGHBOUR_SHARPNESS = 20.0
+
 
 class GateError(ValueError):
     """A gate file that cannot be used, or prompts a gate cannot be fitted on; the message says what to do."""
@@ -46,7 +52,11 @@ class GateError(ValueError):
 
 @dataclass
 class RefusalGate:
-    """A logistic-regression probe on one layer of the base model: ``score > threshold`` routes to the adapter."""
+    """A logistic-regression probe on one layer of the base model: ``score > threshold`` routes to the adapter.
+
+    With ``neighbours`` > 0 the score also adds ``neighbour_weight`` times the log-odds that the prompt is harmful
+    by its nearest fitting prompts (cosine similarity of the standardised states, kept in ``memory``): a linear
+    probe draws one boundary for every kind of request, and the neighbours remember kinds it draws badly."""
 
     layer: int  # 0 = embeddings, N = the output of decoder layer N
     mean: list[float]
@@ -56,6 +66,10 @@ class RefusalGate:
     threshold: float = 0.0
     fitted_on: dict[str, Any] = field(default_factory=dict)  # prompt counts and where they came from
     layer_log_loss: dict[str, float] = field(default_factory=dict)  # cross-validated, per layer considered
+    neighbours: int = 0  # 0: the probe alone
+    neighbour_weight: float = 0.0
+    memory: str = ""  # base64 of float16 (n × hidden): the fitting prompts' states, standardised, unit length
+    memory_labels: str = ""  # one "1" (harmful) or "0" per memory row
 
     def __post_init__(self) -> None:
         sizes = {len(self.mean), len(self.std), len(self.weight)}
@@ -67,6 +81,21 @@ class RefusalGate:
             raise GateError("The gate has a value that is not a finite number; fit it again.")
         if any(x <= 0 for x in self.std):
             raise GateError("The gate's std must be positive everywhere (features are divided by it); fit it again.")
+        if self.neighbours < 0 or not (math.isfinite(self.neighbour_weight) and self.neighbour_weight >= 0):
+            raise GateError("The gate's neighbours and neighbour_weight must be 0 or more; fit it again.")
+        if self.neighbours:
+            rows = len(self.memory_labels)
+            if set(self.memory_labels) - {"0", "1"} or not rows:
+                raise GateError("The gate's memory_labels must be a string of 0s and 1s; fit it again.")
+            try:
+                size = len(base64.b64decode(self.memory, validate=True))
+            except ValueError as exc:
+                raise GateError("The gate's memory is not base64; fit it again.") from exc
+            if size != rows * self.hidden_size * 2:
+                raise GateError(f"The gate's memory holds {size} bytes, not {rows} rows of {self.hidden_size} "
+                                "float16 values; fit it again.")
+            if self.neighbours > rows:
+                raise GateError(f"The gate asks for {self.neighbours} neighbours but remembers {rows} prompts.")
 
     @property
     def hidden_size(self) -> int:
@@ -77,7 +106,14 @@ class RefusalGate:
         import torch
 
         mean, std, weight = (torch.tensor(v, dtype=torch.float32) for v in (self.mean, self.std, self.weight))
-        return ((states.float().cpu() - mean) / std) @ weight + self.bias
+        scaled = (states.float().cpu() - mean) / std
+        scores = scaled @ weight + self.bias
+        if self.neighbours:
+            memory = torch.frombuffer(bytearray(base64.b64decode(self.memory)), dtype=torch.float16)
+            labels = torch.tensor([c == "1" for c in self.memory_labels], dtype=torch.float32)
+            vote = neighbour_log_odds(scaled, memory.float().view(len(labels), -1), labels, self.neighbours)
+            scores = scores + self.neighbour_weight * vote
+        return scores
 
     def check_fits(self, model: Any, what: str = "this model") -> None:
         config = getattr(model, "config", None)
@@ -114,7 +150,9 @@ class RefusalGate:
         fitted = self.fitted_on
         counts = (f" on {fitted['harmful']} harmful and {fitted['benign']} benign prompts"
                   if {"harmful", "benign"} <= fitted.keys() else "")
-        return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}"
+        neighbours = (f", plus {self.neighbour_weight:g} × the vote of its {self.neighbours} nearest fitting prompts"
+                      if self.neighbours else "")
+        return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}{neighbours}"
 
 
 def load_gate(folder: str | Path, model: Any = None, model_name: str = "this model") -> RefusalGate | None:
@@ -204,6 +242,36 @@ def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: i
     return float(torch.nn.functional.binary_cross_entropy_with_logits(scores, labels.float()))
 
 
+def neighbour_log_odds(scaled: Any, memory: Any, labels: Any, k: int) -> Any:
+    """Log-odds that each standardised state (n × hidden) is harmful by its ``k`` nearest rows of ``memory``
+    (unit-length standardised states, with ``labels`` 1 = harmful), weighted by a softmax of cosine similarity."""
+    import torch
+
+    query = torch.nn.functional.normalize(scaled.float(), dim=1)
+    nearest = (query @ memory.float().T).topk(min(k, len(labels)), dim=1)
+    weights = torch.softmax(nearest.values * NEIGHBOUR_SHARPNESS, dim=1)
+    harmful = (weights * labels.float()[nearest.indices]).sum(1).clamp(1e-3, 1 - 1e-3)
+    return torch.log(harmful / (1 - harmful))
+
+
+def probe_with_neighbours(neighbours: int, weight: float) -> Callable[[Any, Any], Callable[[Any], Any]]:
+    """A ``fit(x, y)`` for :func:`out_of_fold_scores`: the linear probe plus ``weight`` × the neighbours' vote,
+    both fitted on ``x`` alone, as :class:`RefusalGate` scores them."""
+    import torch
+
+    from alignment.probe import fit_probe
+
+    def fit(features: Any, labels: Any) -> Callable[[Any], Any]:
+        probe = fit_probe(features, labels)
+        memory = torch.nn.functional.normalize((features.float() - probe.mean) / probe.std, dim=1).half()
+
+        def score(states: Any) -> Any:
+            scaled = (states.float() - probe.mean) / probe.std
+            return probe.scores(states) + weight * neighbour_log_odds(scaled, memory, labels, neighbours)
+        return score
+    return fit
+
+
 def threshold_for_flag_rate(scores: Sequence[float], rate: float) -> float:
     """The lowest threshold at which at most ``rate`` of ``scores`` lie above it (``score > threshold`` flags)."""
     ranked = sorted(scores, reverse=True)
@@ -217,13 +285,16 @@ def risky_benign(cases: Sequence[dict[str, Any]]) -> list[bool]:
 
 
 def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,
-             folds: int = 5, calibrate_on: Any = None, flag_rate: float = 0.0) -> RefusalGate:
+             folds: int = 5, calibrate_on: Any = None, flag_rate: float = 0.0, neighbours: int = 0,
+             neighbour_weight: float = 0.0) -> RefusalGate:
     """Fit a gate on hidden states (n, layers + 1, hidden) and labels (1 = harmful).
 
     Without ``layer``, every decoder layer is scored by cross-validated log-loss on these prompts and the best
     one is used: the choice never looks at evaluation prompts. With ``flag_rate`` > 0 the threshold is the lowest
     at which, out of fold, at most that share of the benign prompts marked in ``calibrate_on`` (a boolean mask,
     e.g. the risky-looking ones) is flagged, instead of 0; ``fitted_on["threshold_from"]`` records the shares.
+    With ``neighbours`` > 0 the gate remembers every prompt's state and adds ``neighbour_weight`` × the vote of
+    the nearest ones (RefusalGate); the layer is still chosen by the probe alone, the threshold by both.
     """
     from alignment.probe import fit_probe
 
@@ -239,6 +310,12 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
         layer = int(min(losses, key=lambda key: losses[key]))
     elif not 0 <= layer <= last:
         raise GateError(f"Layer {layer} is not a layer of this model (0 to {last}).")
+    if neighbours < 0 or neighbour_weight < 0:
+        raise GateError("neighbours and neighbour_weight must be 0 or more.")
+    if neighbours > len(labels) - len(labels) // folds:
+        raise GateError(f"{neighbours} neighbours is more than the {len(labels) - len(labels) // folds} prompts "
+                        f"a fold of {len(labels)} is fitted on; use fewer.")
+    use_neighbours = neighbours > 0 and neighbour_weight > 0
     probe = fit_probe(features[:, layer], labels)
     counts: dict[str, Any] = {"harmful": n_harmful, "benign": len(labels) - n_harmful}
     threshold = 0.0
@@ -250,7 +327,8 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
             raise GateError("Setting the threshold by a flag rate needs at least "
                             f"{folds} benign prompts to calibrate on; mark them, or use flag rate 0.")
         mask = mask & (labels == 0)
-        scores = out_of_fold_scores(features[:, layer], labels, folds)
+        scores = out_of_fold_scores(features[:, layer], labels, folds, fit=probe_with_neighbours(
+            neighbours, neighbour_weight) if use_neighbours else None)
         threshold = float(threshold_for_flag_rate(scores[mask].tolist(), flag_rate))
         counts["threshold_from"] = {
             "flag_rate": flag_rate, "calibration_prompts": int(mask.sum()),
@@ -258,24 +336,35 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
             "harmful_flagged": round(float((scores[labels == 1] > threshold).float().mean()), 4),
             "harmful_flagged_at_0": round(float((scores[labels == 1] > 0).float().mean()), 4),
             "calibration_flagged_at_0": round(float((scores[mask] > 0).float().mean()), 4)}
+    memory = {}
+    if use_neighbours:
+        import torch
+
+        unit = torch.nn.functional.normalize((features[:, layer].float() - probe.mean) / probe.std, dim=1)
+        memory = {"neighbours": neighbours, "neighbour_weight": neighbour_weight,
+                  "memory": base64.b64encode(unit.half().numpy().tobytes()).decode("ascii"),
+                  "memory_labels": "".join("1" if v else "0" for v in labels.tolist())}
     return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
                        bias=float(probe.bias), threshold=threshold, fitted_on={**counts, **(fitted_on or {})},
-                       layer_log_loss=losses)
+                       layer_log_loss=losses, **memory)
 
 
 def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
                         source: str = "", on_progress: Callable[[int, int], None] | None = None,
-                        risky_flag_rate: float = 0.0) -> RefusalGate:
+                        risky_flag_rate: float = 0.0, neighbours: int = 0,
+                        neighbour_weight: float = 0.0) -> RefusalGate:
     """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``; with
-    ``risky_flag_rate``, the threshold is aimed at that share of the benign cases marked ``risky`` (fit_gate)."""
+    ``risky_flag_rate``, the threshold is aimed at that share of the benign cases marked ``risky``; with
+    ``neighbours``, the nearest fitting prompts vote too (fit_gate)."""
     with loaded.lock:
         return fit_gate_with_model(loaded.model, loaded.tokenizer, cases, layer, source, on_progress,
-                                   risky_flag_rate)
+                                   risky_flag_rate, neighbours, neighbour_weight)
 
 
 def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
                         source: str = "", on_progress: Callable[[int, int], None] | None = None,
-                        risky_flag_rate: float = 0.0) -> RefusalGate:
+                        risky_flag_rate: float = 0.0, neighbours: int = 0,
+                        neighbour_weight: float = 0.0) -> RefusalGate:
     """:func:`fit_gate_on_prompts` for a bare model and tokenizer (a training run's, right after training)."""
     import torch
 
@@ -297,7 +386,8 @@ def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, An
         model.train(training)
     targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None,
-                    calibrate_on=risky_benign(cases), flag_rate=risky_flag_rate)
+                    calibrate_on=risky_benign(cases), flag_rate=risky_flag_rate, neighbours=neighbours,
+                    neighbour_weight=neighbour_weight)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,11 +409,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="0 (default): threshold 0. Otherwise the threshold at which, out of fold, at most this "
                         "share of the benign prompts marked \"risky\": true is flagged (the recipe's "
                         "gate_risky_flag_rate).")
+    parser.add_argument("--neighbours", type=int, default=0,
+                        help="0 (default): the probe alone. Otherwise the gate also remembers every prompt's state "
+                        "and adds --neighbour-weight times the vote of this many nearest ones (the recipe's "
+                        "gate_neighbours).")
+    parser.add_argument("--neighbour-weight", type=float, default=0.0,
+                        help="How much the neighbours' vote (log-odds) adds to the probe's score (the recipe's "
+                        "gate_neighbour_weight).")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if not 0 <= args.risky_flag_rate < 1:
         print(f"error: --risky-flag-rate must be at least 0 and below 1, got {args.risky_flag_rate}.",
               file=sys.stderr)
+        return 2
+    if args.neighbours < 0 or not 0 <= args.neighbour_weight < math.inf:
+        print("error: --neighbours and --neighbour-weight must be 0 or more.", file=sys.stderr)
         return 2
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
@@ -343,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         gate = fit_gate_on_prompts(loaded, cases, args.layer, source=args.prompts, on_progress=progress,
-                                   risky_flag_rate=args.risky_flag_rate)
+                                   risky_flag_rate=args.risky_flag_rate, neighbours=args.neighbours,
+                                   neighbour_weight=args.neighbour_weight)
     except GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

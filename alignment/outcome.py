@@ -143,6 +143,13 @@ class OutcomeConfig:
                                "gate is aimed at on requests like them (gate.json records the share of harmful "
                                "prompts still flagged). Chosen from the gate's own prompts, never an evaluation "
                                "set."})
+    gate_neighbours: int = field(
+        default=0, metadata={"help": "0: the gate is its linear probe alone. Otherwise it also remembers the state "
+                             "of every prompt it is fitted on and adds gate_neighbour_weight times the vote of "
+                             "this many nearest ones (log-odds, by cosine similarity): kinds of request the "
+                             "probe's one boundary draws badly are remembered. The threshold is set on both."})
+    gate_neighbour_weight: float = field(
+        default=0.0, metadata={"help": "How much the neighbours' vote adds to the probe's score (gate_neighbours)."})
     benign_sampling: str = field(
         default="random", metadata={"help": "How benign_labeling and risky_labeling prompts are drawn from their "
                                     "labeling sets: 'random' (a seeded sample) or 'gate' (those a gate fitted on "
@@ -178,6 +185,8 @@ class OutcomeConfig:
             raise SettingsError("gate_extra_prompts are prompts the refusal gate is fitted on, so they need gate: true; "
                                 "set that, or gate_extra_prompts: '' (empty).")
         validate_range("gate_risky_flag_rate", self.gate_risky_flag_rate, 0, 1, high_inclusive=False)
+        validate_range("gate_neighbours", self.gate_neighbours, 0, 1000)
+        validate_range("gate_neighbour_weight", self.gate_neighbour_weight, 0, 100)
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         validate_range("helpful_repeats", self.helpful_repeats, 1, 100)
@@ -539,9 +548,12 @@ def builtin_gate_prompts() -> list[dict[str, Any]]:
     return gate_fitting_rows(_builtin_recipe())
 
 
-def builtin_gate_risky_flag_rate() -> float:
-    """The recipe's ``gate_risky_flag_rate``: how a gate for any adapter of this app sets its threshold."""
-    return _builtin_recipe().gate_risky_flag_rate
+def builtin_gate_options() -> dict[str, Any]:
+    """The recipe's gate settings, as keywords of ``alignment.gate.fit_gate_with_model``: how a gate for any
+    adapter of this app sets its threshold and whether its neighbours vote."""
+    recipe = _builtin_recipe()
+    return {"risky_flag_rate": recipe.gate_risky_flag_rate, "neighbours": recipe.gate_neighbours,
+            "neighbour_weight": recipe.gate_neighbour_weight}
 
 
 def _builtin_recipe() -> OutcomeConfig:
@@ -934,7 +946,8 @@ EVALUATION_SETTINGS = frozenset({"eval_max_new_tokens", "eval_prompts", "dev_pro
 GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 # Prompts only the gate is fitted on, and its threshold: the data stage never reads them, so they redo the gate
 # alone, whatever benign_sampling is.
-GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts", "gate_risky_flag_rate"})
+GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts", "gate_risky_flag_rate",
+                                "gate_neighbours", "gate_neighbour_weight"})
 SPEED_SETTINGS = frozenset({"threads"})
 # Training settings that change only how fast the same numbers are computed: not recorded, so toggling one keeps
 # the folder's stages (and folders made before it existed still match).
@@ -954,6 +967,8 @@ def training_prompts_digest(config: OutcomeConfig) -> str:
 def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]:
     """What a run folder was made with, as JSON values (recorded in ``settings.json``)."""
     outcome = {k: v for k, v in asdict(config).items() if k not in SPEED_SETTINGS}
+    if not config.gate_neighbours:  # recorded only when used, so folders made before they existed still match
+        outcome = {k: v for k, v in outcome.items() if k not in ("gate_neighbours", "gate_neighbour_weight")}
     data = {"training_prompts": training_prompts_digest(config)}
     if config.gate_extra_prompts:  # recorded only when set, so folders made before the setting existed still match
         extra = json.dumps(gate_extra_rows(config), sort_keys=True, default=str).encode()
@@ -1049,7 +1064,8 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     labels = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     fitted_on = {"source": str(paths.gate_prompts), **({"gate_only": extra} if extra else {})}
     gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on,
-                    calibrate_on=risky_benign(cases), flag_rate=config.gate_risky_flag_rate)
+                    calibrate_on=risky_benign(cases), flag_rate=config.gate_risky_flag_rate,
+                    neighbours=config.gate_neighbours, neighbour_weight=config.gate_neighbour_weight)
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,

@@ -608,7 +608,7 @@ def _add_refusal_gate(model: Any, tokenizer: Any, adapter_dir: Path, config: Tra
     The adapter is already saved, so a cancel or a failure here leaves it usable, without a gate, and says how to
     fit one later."""
     from alignment.gate import GateError, fit_gate_with_model
-    from alignment.outcome import builtin_gate_prompts, builtin_gate_risky_flag_rate
+    from alignment.outcome import builtin_gate_options, builtin_gate_prompts
 
     later = (f"Fit it later with: python -m alignment.gate --adapter {adapter_dir} --model {config.model} "
              "--prompts <a .jsonl of prompts labelled harmful/benign>.")
@@ -626,7 +626,7 @@ def _add_refusal_gate(model: Any, tokenizer: Any, adapter_dir: Path, config: Tra
     reading = time.perf_counter()
     try:
         gate = fit_gate_with_model(model, tokenizer, cases, source="built-in labeling and red-team train prompts",
-                                   on_progress=progress, risky_flag_rate=builtin_gate_risky_flag_rate())
+                                   on_progress=progress, **builtin_gate_options())
     except _GateCancelled:
         result.gate_note = f"Cancelled while fitting the refusal gate; the adapter is saved without one. {later}"
         return

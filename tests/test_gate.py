@@ -120,6 +120,42 @@ def test_a_gate_survives_saving_and_a_bad_file_says_what_to_do(tmp_path):
         RefusalGate(layer=1, mean=[0.0], std=[1.0], weight=[float("nan")], bias=0.0)
 
 
+def test_neighbours_remember_kinds_of_request_a_single_boundary_cannot_draw(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    # Harmful prompts in two clumps on either side of the benign ones along one direction (as "how do I kill a
+    # process" sits between two kinds of harmful request): no linear boundary separates them; neighbours can.
+    n = 300
+    labels = (torch.arange(n) % 3 != 0).float()  # 200 harmful, 100 benign
+    side = torch.where(torch.arange(n) % 3 == 1, 1.0, -1.0) * labels
+    features = 0.3 * torch.randn(n, 2, 16, generator=generator)
+    direction = torch.nn.functional.normalize(torch.randn(16, generator=generator), dim=0)
+    features[:, 1] += 3.0 * side[:, None] * direction
+    risky = labels == 0
+    plain = fit_gate(features, labels, layer=1, calibrate_on=risky, flag_rate=0.05)
+    voted = fit_gate(features, labels, layer=1, calibrate_on=risky, flag_rate=0.05, neighbours=5,
+                     neighbour_weight=1.0)
+    assert plain.neighbours == 0 and plain.memory == ""
+    assert voted.fitted_on["threshold_from"]["harmful_flagged"] > 0.95
+    assert plain.fitted_on["threshold_from"]["harmful_flagged"] < 0.75
+    fresh = features[:, 1] + 0.05 * torch.randn(n, 16, generator=generator)  # prompts like them, not them
+    flagged = voted.scores(fresh) > voted.threshold
+    assert (flagged.float() == labels).float().mean() > 0.95
+    # The score is the probe's plus the weighted vote, and the memory survives saving.
+    probe_only = RefusalGate(**{**voted.__dict__, "neighbours": 0, "neighbour_weight": 0.0, "memory": "",
+                                "memory_labels": ""})
+    assert not torch.allclose(voted.scores(fresh), probe_only.scores(fresh))
+    voted.save(tmp_path)
+    assert load_gate(tmp_path) == voted
+    assert torch.allclose(load_gate(tmp_path).scores(fresh), voted.scores(fresh))
+    assert "5 nearest fitting prompts" in voted.summary() and "nearest" not in plain.summary()
+    with pytest.raises(GateError, match="float16"):
+        RefusalGate(**{**voted.__dict__, "memory_labels": voted.memory_labels[:-1]})
+    with pytest.raises(GateError, match="remembers 300 prompts"):
+        RefusalGate(**{**voted.__dict__, "neighbours": 301})
+    with pytest.raises(GateError, match="fewer"):
+        fit_gate(features, labels, layer=1, neighbours=250, neighbour_weight=1.0)
+
+
 def median_gate(model, tokenizer, chats, layer: int = 1) -> tuple[RefusalGate, list[bool]]:
     """A gate on the base model that flags the chats scoring above the median of a random direction."""
     texts = [format_chat(tokenizer, chat) for chat in chats]
@@ -288,6 +324,18 @@ def test_cli_fits_a_gate_into_the_adapter_folder(tiny_model_dir, tmp_path, capsy
     assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
                  "--risky-flag-rate", "1.5"]) == 2
     assert "--risky-flag-rate must be" in capsys.readouterr().err
+    # With neighbours (the recipe's gate_neighbours): the gate remembers every prompt it was fitted on.
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--layer", "2", "--risky-flag-rate", "0.2", "--neighbours", "3", "--neighbour-weight", "0.5"]) == 0
+    voted = load_gate(adapter)
+    assert voted.neighbours == 3 and voted.neighbour_weight == 0.5 and len(voted.memory_labels) == 12
+    assert "3 nearest fitting prompts" in capsys.readouterr().out
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--neighbours", "-1"]) == 2
+    assert "must be 0 or more" in capsys.readouterr().err
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--neighbours", "40", "--neighbour-weight", "1"]) == 2
+    assert "use fewer" in capsys.readouterr().err
 
     few = tmp_path / "few.jsonl"
     few.write_text(json.dumps({"prompt": "Plan a picnic.", "label": "benign"}) + "\n")

@@ -180,7 +180,7 @@ def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_wit
 
     from alignment.gate import fit_gate_on_prompts, load_gate
     from alignment.models import LoadSettings, load_model
-    from alignment.outcome import builtin_gate_prompts, builtin_gate_risky_flag_rate
+    from alignment.outcome import builtin_gate_options, builtin_gate_prompts
 
     phases: list[str] = []
     config = tiny_config(tiny_model_dir, data, tmp_path / "run", eval_split=0.0, refusal_gate=True)
@@ -197,9 +197,10 @@ def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_wit
     # Fitted on the base model's states (the adapter off), which is what routing reads at generation time: a gate
     # fitted on a fresh load of the base model is the same gate.
     base = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
-    rate = builtin_gate_risky_flag_rate()  # the threshold is set as the recipe's gate sets it
-    assert rate > 0 and gate.fitted_on["threshold_from"]["flag_rate"] == rate
-    again = fit_gate_on_prompts(base, cases, risky_flag_rate=rate)
+    options = builtin_gate_options()  # the threshold is set as the recipe's gate sets it, neighbours and all
+    assert options["risky_flag_rate"] > 0 and gate.fitted_on["threshold_from"]["flag_rate"] == options["risky_flag_rate"]
+    assert gate.neighbours == options["neighbours"] and gate.neighbour_weight == options["neighbour_weight"]
+    again = fit_gate_on_prompts(base, cases, **options)
     assert again.layer == gate.layer
     assert torch.allclose(torch.tensor(again.weight), torch.tensor(gate.weight), atol=1e-3)
     assert abs(again.threshold - gate.threshold) < 1e-2
