@@ -791,8 +791,11 @@ def markdown(outcome: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str
     if gate:
         fitted = gate.get("fitted_on", {})
         lines += [f"The adapter has a refusal gate (alignment.gate): a probe on the base model's layer {gate['layer']}, "
-                  f"fitted on {fitted.get('harmful')} harmful and {fitted.get('benign')} benign training prompts. The "
-                  "aligned side answers through it: the adapter answers what it flags, the base model the rest.", ""]
+                  f"fitted on {fitted.get('harmful')} harmful and {fitted.get('benign')} benign training prompts"
+                  + (f", plus {gate['neighbour_weight']:g} × the vote of the {gate['neighbours']} nearest of them"
+                     if gate.get("neighbours") else "")
+                  + ". The aligned side answers through it: the adapter answers what it flags, the base model the "
+                  "rest.", ""]
     for name, ev in outcome["evaluations"].items():
         s = ev["summary"]
         lines += [f"## {name} ({ev['cases']} cases)", ""]
@@ -1069,6 +1072,7 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
+            **({"neighbours": gate.neighbours, "neighbour_weight": gate.neighbour_weight} if gate.neighbours else {}),
             "seconds": round(time.perf_counter() - started, 1)}
     _write_json(info_path, info)
     status(gate.summary())

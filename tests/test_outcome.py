@@ -667,6 +667,21 @@ def test_gate_only_prompts_fit_the_gate_and_nothing_else(tiny_recipe, tmp_path):
     run_pipeline(config, train, fresh, status=messages.append)
     assert (fresh / "data" / "pairs.jsonl").read_text() == pairs
 
+    # Letting the nearest fitting prompts vote is a gate setting too: only the gate and the evaluations are redone.
+    config.gate_neighbours, config.gate_neighbour_weight = 3, 0.5
+    messages.clear()
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    assert any("gate_neighbour_weight, gate_neighbours changed, so the gate is redone" in m for m in messages)
+    assert sum(m.endswith("reusing " + str(out / name)) for m in messages for name in (
+        "data/pairs.jsonl", "adapter")) == 2
+    voted = load_gate(out / "adapter")
+    assert voted.neighbours == 3 and voted.neighbour_weight == 0.5
+    assert len(voted.memory_labels) == outcome["gate"]["fitted_on"]["harmful"] + outcome["gate"]["fitted_on"]["benign"]
+    assert outcome["gate"]["neighbours"] == 3
+    assert "plus 0.5 × the vote of the 3 nearest of them" in (out / "report.md").read_text()
+    with pytest.raises(SettingsError, match="gate_neighbours"):
+        OutcomeConfig(gate_neighbours=-1)
+
     extra.unlink()
     with pytest.raises(OutcomeError, match=f"gate_extra_prompts {extra} does not exist"):
         run_pipeline(config, train, out, status=messages.append)
