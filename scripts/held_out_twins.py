@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    missing = [i for i, row in enumerate(rows, 1) if not isinstance(row, dict) or "prompt" not in row]
+    if missing:
+        print(f"error: row {missing[0]} of the prompts has no \"prompt\" field; each line must be a JSON object "
+              "with one.", file=sys.stderr)
+        return 2
     held = evaluation_requests(config)
     texts = [last_user_text(row["prompt"]) for row in rows]
     corpus = [*held, *texts]

@@ -37,3 +37,7 @@ def test_a_reworded_held_out_request_is_dropped_and_the_rest_kept_in_order(tmp_p
 def test_a_missing_file_is_an_error_message_not_a_traceback(tmp_path, capsys):
     assert held_out_twins.main([str(tmp_path / "absent.jsonl"), "--output", str(tmp_path / "out.jsonl")]) == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
+    no_prompt = tmp_path / "no_prompt.jsonl"
+    no_prompt.write_text(json.dumps({"text": "Plan a picnic."}) + "\n")
+    assert held_out_twins.main([str(no_prompt), "--output", str(tmp_path / "out.jsonl")]) == 2
+    assert "no \"prompt\" field" in capsys.readouterr().err and not (tmp_path / "out.jsonl").exists()
