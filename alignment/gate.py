@@ -254,16 +254,22 @@ def neighbour_log_odds(scaled: Any, memory: Any, labels: Any, k: int) -> Any:
     return torch.log(harmful / (1 - harmful))
 
 
+def neighbour_memory(features: Any, probe: Any) -> Any:
+    """What a gate remembers of its fitting prompts' states (n × hidden): standardised by ``probe``, unit length,
+    float16 (the precision the gate file keeps)."""
+    import torch
+
+    return torch.nn.functional.normalize((features.float() - probe.mean) / probe.std, dim=1).half()
+
+
 def probe_with_neighbours(neighbours: int, weight: float) -> Callable[[Any, Any], Callable[[Any], Any]]:
     """A ``fit(x, y)`` for :func:`out_of_fold_scores`: the linear probe plus ``weight`` × the neighbours' vote,
     both fitted on ``x`` alone, as :class:`RefusalGate` scores them."""
-    import torch
-
     from alignment.probe import fit_probe
 
     def fit(features: Any, labels: Any) -> Callable[[Any], Any]:
         probe = fit_probe(features, labels)
-        memory = torch.nn.functional.normalize((features.float() - probe.mean) / probe.std, dim=1).half()
+        memory = neighbour_memory(features, probe)
 
         def score(states: Any) -> Any:
             scaled = (states.float() - probe.mean) / probe.std
@@ -338,11 +344,9 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
             "calibration_flagged_at_0": round(float((scores[mask] > 0).float().mean()), 4)}
     memory = {}
     if use_neighbours:
-        import torch
-
-        unit = torch.nn.functional.normalize((features[:, layer].float() - probe.mean) / probe.std, dim=1)
+        unit = neighbour_memory(features[:, layer], probe)
         memory = {"neighbours": neighbours, "neighbour_weight": neighbour_weight,
-                  "memory": base64.b64encode(unit.half().numpy().tobytes()).decode("ascii"),
+                  "memory": base64.b64encode(unit.numpy().tobytes()).decode("ascii"),
                   "memory_labels": "".join("1" if v else "0" for v in labels.tolist())}
     return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
                        bias=float(probe.bias), threshold=threshold, fitted_on={**counts, **(fitted_on or {})},
