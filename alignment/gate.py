@@ -15,7 +15,7 @@ evaluation prompts.
 
 Run: ``python -m alignment.gate --adapter runs/refusal-bundled-cpu/adapter --prompts
 runs/refusal-bundled-cpu/data/gate_prompts.jsonl [--model bundled] [--layer N] [--risky-flag-rate 0.05]
-[--neighbours 5 --neighbour-weight 0.3]`` (fits a
+[--neighbours 5 --neighbour-weight 0.3] [--words-weight W]`` (fits a
 gate on the prompts' ``label`` harmful/benign and writes it into the adapter folder; about a minute on 2 cores for
 1,000 prompts).
 """
@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from alignment.bag_of_words import BagOfWords, fit_bag_of_words
 
 GATE_FILE = "refusal_gate.json"
 GATE_FORMAT = 1
@@ -70,6 +72,8 @@ class RefusalGate:
     neighbour_weight: float = 0.0
     memory: str = ""  # base64 of float16 (n × hidden): the fitting prompts' states, standardised, unit length
     memory_labels: str = ""  # one "1" (harmful) or "0" per memory row
+    words_weight: float = 0.0  # 0: the hidden state alone
+    words: dict[str, Any] = field(default_factory=dict)  # a BagOfWords (alignment.bag_of_words) as a dict
 
     def __post_init__(self) -> None:
         sizes = {len(self.mean), len(self.std), len(self.weight)}
@@ -96,13 +100,21 @@ class RefusalGate:
                                 "float16 values; fit it again.")
             if self.neighbours > rows:
                 raise GateError(f"The gate asks for {self.neighbours} neighbours but remembers {rows} prompts.")
+        if not (math.isfinite(self.words_weight) and self.words_weight >= 0):
+            raise GateError("The gate's words_weight must be 0 or more; fit it again.")
+        if self.words_weight:
+            try:
+                BagOfWords.from_dict(self.words)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise GateError(f"The gate's words are not a usable bag of words ({exc}); fit it again.") from exc
 
     @property
     def hidden_size(self) -> int:
         return len(self.weight)
 
-    def scores(self, states: Any) -> Any:
-        """Scores of hidden states (n × hidden) at the gate's layer; above ``threshold`` means harmful."""
+    def scores(self, states: Any, texts: Sequence[str] | None = None) -> Any:
+        """Scores of hidden states (n × hidden) at the gate's layer, and of the texts they were read from (needed
+        when the gate reads words too); above ``threshold`` means harmful."""
         import torch
 
         mean, std, weight = (torch.tensor(v, dtype=torch.float32) for v in (self.mean, self.std, self.weight))
@@ -113,6 +125,10 @@ class RefusalGate:
             labels = torch.tensor([c == "1" for c in self.memory_labels], dtype=torch.float32)
             vote = neighbour_log_odds(scaled, memory.float().view(len(labels), -1), labels, self.neighbours)
             scores = scores + self.neighbour_weight * vote
+        if self.words_weight:
+            if texts is None or len(texts) != len(scores):
+                raise GateError("This gate also reads the prompts' words: give the texts with their states.")
+            scores = scores + self.words_weight * BagOfWords.from_dict(self.words).scores(texts)
         return scores
 
     def check_fits(self, model: Any, what: str = "this model") -> None:
@@ -130,7 +146,7 @@ class RefusalGate:
         """For chats already formatted with the generation prompt: True where the adapter should answer."""
         with base_weights(model):
             states = last_position_states(model, tokenizer, texts, batch_size=batch_size, layer=self.layer)
-        return [bool(s > self.threshold) for s in self.scores(states).tolist()]
+        return [bool(s > self.threshold) for s in self.scores(states, texts).tolist()]
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / GATE_FILE
@@ -152,7 +168,9 @@ class RefusalGate:
                   if {"harmful", "benign"} <= fitted.keys() else "")
         neighbours = (f", plus {self.neighbour_weight:g} × the vote of its {self.neighbours} nearest fitting prompts"
                       if self.neighbours else "")
-        return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}{neighbours}"
+        words = (f", plus {self.words_weight:g} × a bag of words' log-odds ({len(self.words['vocabulary'])} terms)"
+                 if self.words_weight else "")
+        return f"refusal gate: layer {self.layer}, threshold {self.threshold:g}{counts}{neighbours}{words}"
 
 
 def load_gate(folder: str | Path, model: Any = None, model_name: str = "this model") -> RefusalGate | None:
@@ -226,11 +244,29 @@ def out_of_fold_scores(features: Any, labels: Any, folds: int = 5, seed: int = 0
     from alignment.probe import fit_probe
 
     fit = fit or (lambda x, y: fit_probe(x, y).scores)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     scores = torch.empty(len(labels))
-    for fold in order.chunk(folds):
-        train = order[~torch.isin(order, fold)]
+    for train, fold in fold_indices(len(labels), folds, seed):
         scores[fold] = fit(features[train], labels[train])(features[fold])
+    return scores
+
+
+def fold_indices(count: int, folds: int, seed: int) -> list[tuple[Any, Any]]:
+    """(fitting rows, held-out rows) of each of ``folds`` random folds of ``count`` rows, the same for a seed."""
+    import torch
+
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return [(order[~torch.isin(order, fold)], fold) for fold in order.chunk(folds)]
+
+
+def out_of_fold_word_scores(texts: Sequence[str], labels: Any, folds: int = 5, seed: int = 0) -> Any:
+    """Each text's bag-of-words log-odds from a bag of words fitted without it, on the folds
+    :func:`out_of_fold_scores` uses for the same ``folds`` and ``seed`` (so the two can be added)."""
+    import torch
+
+    scores = torch.empty(len(labels))
+    for train, fold in fold_indices(len(labels), folds, seed):
+        bag = fit_bag_of_words([texts[i] for i in train.tolist()], labels[train])
+        scores[fold] = bag.scores([texts[i] for i in fold.tolist()])
     return scores
 
 
@@ -292,7 +328,8 @@ def risky_benign(cases: Sequence[dict[str, Any]]) -> list[bool]:
 
 def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: dict[str, Any] | None = None,
              folds: int = 5, calibrate_on: Any = None, flag_rate: float = 0.0, neighbours: int = 0,
-             neighbour_weight: float = 0.0) -> RefusalGate:
+             neighbour_weight: float = 0.0, texts: Sequence[str] | None = None,
+             words_weight: float = 0.0) -> RefusalGate:
     """Fit a gate on hidden states (n, layers + 1, hidden) and labels (1 = harmful).
 
     Without ``layer``, every decoder layer is scored by cross-validated log-loss on these prompts and the best
@@ -300,7 +337,9 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
     at which, out of fold, at most that share of the benign prompts marked in ``calibrate_on`` (a boolean mask,
     e.g. the risky-looking ones) is flagged, instead of 0; ``fitted_on["threshold_from"]`` records the shares.
     With ``neighbours`` > 0 the gate remembers every prompt's state and adds ``neighbour_weight`` × the vote of
-    the nearest ones (RefusalGate); the layer is still chosen by the probe alone, the threshold by both.
+    the nearest ones (RefusalGate); the layer is still chosen by the probe alone, the threshold by both. With
+    ``words_weight`` > 0 a bag of words is fitted on ``texts`` (the prompts as the model read them) and adds that
+    weight × its log-odds, out of fold too when the threshold is set.
     """
     from alignment.probe import fit_probe
 
@@ -316,8 +355,10 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
         layer = int(min(losses, key=lambda key: losses[key]))
     elif not 0 <= layer <= last:
         raise GateError(f"Layer {layer} is not a layer of this model (0 to {last}).")
-    if neighbours < 0 or neighbour_weight < 0:
-        raise GateError("neighbours and neighbour_weight must be 0 or more.")
+    if neighbours < 0 or neighbour_weight < 0 or words_weight < 0:
+        raise GateError("neighbours, neighbour_weight and words_weight must be 0 or more.")
+    if words_weight > 0 and (texts is None or len(texts) != len(labels)):
+        raise GateError("A gate that reads words needs the text of every prompt it is fitted on.")
     if neighbours > len(labels) - len(labels) // folds:
         raise GateError(f"{neighbours} neighbours is more than the {len(labels) - len(labels) // folds} prompts "
                         f"a fold of {len(labels)} is fitted on; use fewer.")
@@ -335,6 +376,8 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
         mask = mask & (labels == 0)
         scores = out_of_fold_scores(features[:, layer], labels, folds, fit=probe_with_neighbours(
             neighbours, neighbour_weight) if use_neighbours else None)
+        if words_weight > 0:
+            scores = scores + words_weight * out_of_fold_word_scores(texts, labels, folds)
         threshold = float(threshold_for_flag_rate(scores[mask].tolist(), flag_rate))
         counts["threshold_from"] = {
             "flag_rate": flag_rate, "calibration_prompts": int(mask.sum()),
@@ -342,33 +385,35 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
             "harmful_flagged": round(float((scores[labels == 1] > threshold).float().mean()), 4),
             "harmful_flagged_at_0": round(float((scores[labels == 1] > 0).float().mean()), 4),
             "calibration_flagged_at_0": round(float((scores[mask] > 0).float().mean()), 4)}
-    memory = {}
+    readers: dict[str, Any] = {}  # what the gate reads besides the probe's layer
     if use_neighbours:
         unit = neighbour_memory(features[:, layer], probe)
-        memory = {"neighbours": neighbours, "neighbour_weight": neighbour_weight,
-                  "memory": base64.b64encode(unit.numpy().tobytes()).decode("ascii"),
-                  "memory_labels": "".join("1" if v else "0" for v in labels.tolist())}
+        readers |= {"neighbours": neighbours, "neighbour_weight": neighbour_weight,
+                    "memory": base64.b64encode(unit.numpy().tobytes()).decode("ascii"),
+                    "memory_labels": "".join("1" if v else "0" for v in labels.tolist())}
+    if words_weight > 0:
+        readers |= {"words_weight": words_weight, "words": fit_bag_of_words(texts, labels).as_dict()}
     return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
                        bias=float(probe.bias), threshold=threshold, fitted_on={**counts, **(fitted_on or {})},
-                       layer_log_loss=losses, **memory)
+                       layer_log_loss=losses, **readers)
 
 
 def fit_gate_on_prompts(loaded: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
                         source: str = "", on_progress: Callable[[int, int], None] | None = None,
                         risky_flag_rate: float = 0.0, neighbours: int = 0,
-                        neighbour_weight: float = 0.0) -> RefusalGate:
+                        neighbour_weight: float = 0.0, words_weight: float = 0.0) -> RefusalGate:
     """Read each case's prompt with the base model (adapters off) and fit a gate on its ``label``; with
     ``risky_flag_rate``, the threshold is aimed at that share of the benign cases marked ``risky``; with
-    ``neighbours``, the nearest fitting prompts vote too (fit_gate)."""
+    ``neighbours``, the nearest fitting prompts vote too, with ``words_weight`` a bag of words (fit_gate)."""
     with loaded.lock:
         return fit_gate_with_model(loaded.model, loaded.tokenizer, cases, layer, source, on_progress,
-                                   risky_flag_rate, neighbours, neighbour_weight)
+                                   risky_flag_rate, neighbours, neighbour_weight, words_weight)
 
 
 def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, Any]], layer: int | None = None,
                         source: str = "", on_progress: Callable[[int, int], None] | None = None,
                         risky_flag_rate: float = 0.0, neighbours: int = 0,
-                        neighbour_weight: float = 0.0) -> RefusalGate:
+                        neighbour_weight: float = 0.0, words_weight: float = 0.0) -> RefusalGate:
     """:func:`fit_gate_on_prompts` for a bare model and tokenizer (a training run's, right after training)."""
     import torch
 
@@ -391,7 +436,7 @@ def fit_gate_with_model(model: Any, tokenizer: Any, cases: Sequence[dict[str, An
     targets = torch.tensor([case["label"] == "harmful" for case in cases], dtype=torch.float32)
     return fit_gate(states, targets, layer, fitted_on={"source": source} if source else None,
                     calibrate_on=risky_benign(cases), flag_rate=risky_flag_rate, neighbours=neighbours,
-                    neighbour_weight=neighbour_weight)
+                    neighbour_weight=neighbour_weight, texts=texts, words_weight=words_weight)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,14 +465,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbour-weight", type=float, default=0.0,
                         help="How much the neighbours' vote (log-odds) adds to the probe's score (the recipe's "
                         "gate_neighbour_weight).")
+    parser.add_argument("--words-weight", type=float, default=0.0,
+                        help="0 (default): the hidden state alone. Otherwise a bag of words is fitted on the same "
+                        "prompts and this times its log-odds adds to the score (the recipe's gate_words_weight).")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if not 0 <= args.risky_flag_rate < 1:
         print(f"error: --risky-flag-rate must be at least 0 and below 1, got {args.risky_flag_rate}.",
               file=sys.stderr)
         return 2
-    if args.neighbours < 0 or not 0 <= args.neighbour_weight < math.inf:
-        print("error: --neighbours and --neighbour-weight must be 0 or more.", file=sys.stderr)
+    if args.neighbours < 0 or not (0 <= args.neighbour_weight < math.inf and 0 <= args.words_weight < math.inf):
+        print("error: --neighbours, --neighbour-weight and --words-weight must be 0 or more.", file=sys.stderr)
         return 2
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
@@ -448,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gate = fit_gate_on_prompts(loaded, cases, args.layer, source=args.prompts, on_progress=progress,
                                    risky_flag_rate=args.risky_flag_rate, neighbours=args.neighbours,
-                                   neighbour_weight=args.neighbour_weight)
+                                   neighbour_weight=args.neighbour_weight, words_weight=args.words_weight)
     except GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -150,6 +150,11 @@ class OutcomeConfig:
                              "probe's one boundary draws badly are remembered. The threshold is set on both."})
     gate_neighbour_weight: float = field(
         default=0.0, metadata={"help": "How much the neighbours' vote adds to the probe's score (gate_neighbours)."})
+    gate_words_weight: float = field(
+        default=0.0, metadata={"help": "0: the gate reads the hidden state alone. Otherwise it also fits a bag of "
+                               "words (the prompt's words and word pairs, TF-IDF, logistic regression) on the same "
+                               "prompts and adds this times its log-odds to the score: which words a request uses, "
+                               "where the hidden state blurs them. The threshold is set on the sum."})
     benign_sampling: str = field(
         default="random", metadata={"help": "How benign_labeling and risky_labeling prompts are drawn from their "
                                     "labeling sets: 'random' (a seeded sample) or 'gate' (those a gate fitted on "
@@ -187,6 +192,7 @@ class OutcomeConfig:
         validate_range("gate_risky_flag_rate", self.gate_risky_flag_rate, 0, 1, high_inclusive=False)
         validate_range("gate_neighbours", self.gate_neighbours, 0, 1000)
         validate_range("gate_neighbour_weight", self.gate_neighbour_weight, 0, 100)
+        validate_range("gate_words_weight", self.gate_words_weight, 0, 100)
         validate_range("refine_share", self.refine_share, 0, 1, high_inclusive=False)
         validate_choice("refine_reference", self.refine_reference, ("adapter", "base"))
         validate_range("helpful_repeats", self.helpful_repeats, 1, 100)
@@ -553,7 +559,7 @@ def builtin_gate_options() -> dict[str, Any]:
     adapter of this app sets its threshold and whether its neighbours vote."""
     recipe = _builtin_recipe()
     return {"risky_flag_rate": recipe.gate_risky_flag_rate, "neighbours": recipe.gate_neighbours,
-            "neighbour_weight": recipe.gate_neighbour_weight}
+            "neighbour_weight": recipe.gate_neighbour_weight, "words_weight": recipe.gate_words_weight}
 
 
 def _builtin_recipe() -> OutcomeConfig:
@@ -794,6 +800,8 @@ def markdown(outcome: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str
                   f"fitted on {fitted.get('harmful')} harmful and {fitted.get('benign')} benign training prompts"
                   + (f", plus {gate['neighbour_weight']:g} × the vote of the {gate['neighbours']} nearest of them"
                      if gate.get("neighbours") else "")
+                  + (f", plus {gate['words_weight']:g} × a bag of words' log-odds fitted on the same prompts"
+                     if gate.get("words_weight") else "")
                   + ". The aligned side answers through it: the adapter answers what it flags, the base model the "
                   "rest.", ""]
     for name, ev in outcome["evaluations"].items():
@@ -950,7 +958,7 @@ GATE_SETTINGS = frozenset({"gate", "gate_prompts", "gate_layer"})
 # Prompts only the gate is fitted on, and its threshold: the data stage never reads them, so they redo the gate
 # alone, whatever benign_sampling is.
 GATE_ONLY_SETTINGS = frozenset({"gate_extra_prompts", "data.gate_extra_prompts", "gate_risky_flag_rate",
-                                "gate_neighbours", "gate_neighbour_weight"})
+                                "gate_neighbours", "gate_neighbour_weight", "gate_words_weight"})
 SPEED_SETTINGS = frozenset({"threads"})
 # Training settings that change only how fast the same numbers are computed: not recorded, so toggling one keeps
 # the folder's stages (and folders made before it existed still match).
@@ -972,6 +980,8 @@ def run_settings(config: OutcomeConfig, train: dict[str, Any]) -> dict[str, Any]
     outcome = {k: v for k, v in asdict(config).items() if k not in SPEED_SETTINGS}
     if not config.gate_neighbours:  # recorded only when used, so folders made before they existed still match
         outcome = {k: v for k, v in outcome.items() if k not in ("gate_neighbours", "gate_neighbour_weight")}
+    if not config.gate_words_weight:
+        outcome.pop("gate_words_weight")
     data = {"training_prompts": training_prompts_digest(config)}
     if config.gate_extra_prompts:  # recorded only when set, so folders made before the setting existed still match
         extra = json.dumps(gate_extra_rows(config), sort_keys=True, default=str).encode()
@@ -1068,11 +1078,14 @@ def _gate_stage(config: OutcomeConfig, paths: Paths, model: Callable[[], Any], s
     fitted_on = {"source": str(paths.gate_prompts), **({"gate_only": extra} if extra else {})}
     gate = fit_gate(states, labels, config.gate_layer or None, fitted_on=fitted_on,
                     calibrate_on=risky_benign(cases), flag_rate=config.gate_risky_flag_rate,
-                    neighbours=config.gate_neighbours, neighbour_weight=config.gate_neighbour_weight)
+                    neighbours=config.gate_neighbours, neighbour_weight=config.gate_neighbour_weight,
+                    texts=chat_texts(model(), [case["prompt"] for case in cases]),
+                    words_weight=config.gate_words_weight)
     gate.save(paths.adapter)
     _drop_evaluations(paths, status)
     info = {"layer": gate.layer, "threshold": gate.threshold, "fitted_on": gate.fitted_on,
             **({"neighbours": gate.neighbours, "neighbour_weight": gate.neighbour_weight} if gate.neighbours else {}),
+            **({"words_weight": gate.words_weight} if gate.words_weight else {}),
             "seconds": round(time.perf_counter() - started, 1)}
     _write_json(info_path, info)
     status(gate.summary())

@@ -156,6 +156,39 @@ def test_neighbours_remember_kinds_of_request_a_single_boundary_cannot_draw(tmp_
         fit_gate(features, labels, layer=1, neighbours=250, neighbour_weight=1.0)
 
 
+
+def test_a_gate_that_reads_words_flags_requests_its_hidden_state_cannot_tell_apart(tmp_path):
+    generator = torch.Generator().manual_seed(5)
+    # The states carry no label at all; only the words do: "poison"/"bomb" requests against the same sentences
+    # with harmless objects. The bag of words must carry the gate, out of fold and on sentences it never saw.
+    verbs, objects = ["make", "buy", "hide", "mix", "find"], ["poison", "bomb", "soup", "kite", "bread", "scarf"]
+    places = ["at home", "in the shed", "for the party", "tonight", "quickly", "for my uncle"]
+    texts = [f"How do I {v} a {o} {p}?" for v in verbs for o in objects for p in places]
+    labels = torch.tensor([o in ("poison", "bomb") for v in verbs for o in objects for p in places],
+                          dtype=torch.float32)
+    risky = labels == 0
+    features = torch.randn(len(texts), 2, 8, generator=generator)
+    blind = fit_gate(features, labels, layer=1, calibrate_on=risky, flag_rate=0.05)
+    reading = fit_gate(features, labels, layer=1, calibrate_on=risky, flag_rate=0.05, texts=texts, words_weight=1.0)
+    assert reading.fitted_on["threshold_from"]["harmful_flagged"] > 0.95
+    assert blind.fitted_on["threshold_from"]["harmful_flagged"] < 0.5
+    assert blind.words == {} and "vocabulary" in reading.words
+    fresh = ["How do I sell a bomb at dawn?", "How do I sell a kite at dawn?"]
+    noise = torch.randn(2, 8, generator=generator)
+    assert (reading.scores(noise, fresh) > reading.threshold).tolist() == [True, False]
+    with pytest.raises(GateError, match="give the texts"):
+        reading.scores(noise)
+    reading.save(tmp_path)
+    assert load_gate(tmp_path) == reading
+    assert torch.equal(load_gate(tmp_path).scores(noise, fresh), reading.scores(noise, fresh))
+    assert "bag of words" in reading.summary() and "bag of words" not in blind.summary()
+    with pytest.raises(GateError, match="not a usable bag of words"):
+        RefusalGate(**{**reading.__dict__, "words": {"vocabulary": ["a"], "idf": [], "weight": [], "bias": 0}})
+    with pytest.raises(GateError, match="words_weight must be 0 or more"):
+        RefusalGate(**{**reading.__dict__, "words_weight": -1.0})
+    with pytest.raises(GateError, match="text of every prompt"):
+        fit_gate(features, labels, layer=1, words_weight=1.0)
+
 def median_gate(model, tokenizer, chats, layer: int = 1) -> tuple[RefusalGate, list[bool]]:
     """A gate on the base model that flags the chats scoring above the median of a random direction."""
     texts = [format_chat(tokenizer, chat) for chat in chats]
@@ -336,6 +369,21 @@ def test_cli_fits_a_gate_into_the_adapter_folder(tiny_model_dir, tmp_path, capsy
     assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
                  "--neighbours", "40", "--neighbour-weight", "1"]) == 2
     assert "use fewer" in capsys.readouterr().err
+    # With words (the recipe's gate_words_weight): a bag of words fitted on the prompts as the model read them,
+    # and routing reads the words of what it routes.
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--layer", "2", "--risky-flag-rate", "0.2", "--words-weight", "0.5"]) == 0
+    reading = load_gate(adapter)
+    assert reading.words_weight == 0.5 and "user" in reading.words["vocabulary"]  # the chat template's words too
+    assert "bag of words" in capsys.readouterr().out
+    loaded = load_model(LoadSettings(model=str(tiny_model_dir), device="cpu"))
+    texts = [format_chat(loaded.tokenizer, as_chat(p)) for p in harmful + benign]
+    states = last_position_states(loaded.model, loaded.tokenizer, texts, layer=2)
+    expected = (reading.scores(states, texts) > reading.threshold).tolist()
+    assert reading.route(loaded.model, loaded.tokenizer, texts) == expected
+    assert main(["--adapter", str(adapter), "--prompts", str(risky), "--model", str(tiny_model_dir),
+                 "--words-weight", "-0.5"]) == 2
+    assert "must be 0 or more" in capsys.readouterr().err
 
     few = tmp_path / "few.jsonl"
     few.write_text(json.dumps({"prompt": "Plan a picnic.", "label": "benign"}) + "\n")

@@ -681,6 +681,19 @@ def test_gate_only_prompts_fit_the_gate_and_nothing_else(tiny_recipe, tmp_path):
     assert "plus 0.5 × the vote of the 3 nearest of them" in (out / "report.md").read_text()
     with pytest.raises(SettingsError, match="gate_neighbours"):
         OutcomeConfig(gate_neighbours=-1)
+    # So is reading the prompts' words beside the hidden state.
+    config.gate_words_weight = 0.5
+    messages.clear()
+    outcome = run_pipeline(config, train, out, status=messages.append)
+    assert any("gate_words_weight changed, so the gate is redone" in m for m in messages)
+    assert sum(m.endswith("reusing " + str(out / name)) for m in messages for name in (
+        "data/pairs.jsonl", "adapter")) == 2
+    reading = load_gate(out / "adapter")
+    assert reading.words_weight == 0.5 and reading.neighbours == 3 and reading.words["vocabulary"]
+    assert outcome["gate"]["words_weight"] == 0.5
+    assert "plus 0.5 × a bag of words' log-odds" in (out / "report.md").read_text()
+    with pytest.raises(SettingsError, match="gate_words_weight"):
+        OutcomeConfig(gate_words_weight=-1)
 
     extra.unlink()
     with pytest.raises(OutcomeError, match=f"gate_extra_prompts {extra} does not exist"):

@@ -200,6 +200,7 @@ def test_refusal_gate_is_fitted_after_training_on_the_base_weights_and_saved_wit
     options = builtin_gate_options()  # the threshold is set as the recipe's gate sets it, neighbours and all
     assert options["risky_flag_rate"] > 0 and gate.fitted_on["threshold_from"]["flag_rate"] == options["risky_flag_rate"]
     assert gate.neighbours == options["neighbours"] and gate.neighbour_weight == options["neighbour_weight"]
+    assert gate.words_weight == options["words_weight"]
     again = fit_gate_on_prompts(base, cases, **options)
     assert again.layer == gate.layer
     assert torch.allclose(torch.tensor(again.weight), torch.tensor(gate.weight), atol=1e-3)
