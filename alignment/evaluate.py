@@ -632,7 +632,8 @@ def headline(report: dict[str, Any]) -> list[str]:
         part = summary.get(side) if isinstance(summary.get(side), dict) else None
         if not part:
             continue
-        keys = ("harmful_compliance", "jailbreak_resistance", "false_refusal_plain", "false_refusal_risky")
+        keys = ("harmful_compliance", "jailbreak_resistance", "false_refusal", "false_refusal_plain",
+                "false_refusal_risky")
         out.append(f"{side}: " + "; ".join(f"{k} {_fmt_rate(part.get(k))}" for k in keys if k in part))
     reduction = summary.get("harm_reduction") or {}
     if reduction.get("value") is not None:
