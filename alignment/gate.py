@@ -265,9 +265,17 @@ def out_of_fold_word_scores(texts: Sequence[str], labels: Any, folds: int = 5, s
 
     scores = torch.empty(len(labels))
     for train, fold in fold_indices(len(labels), folds, seed):
-        bag = fit_bag_of_words([texts[i] for i in train.tolist()], labels[train])
+        bag = fit_words([texts[i] for i in train.tolist()], labels[train])
         scores[fold] = bag.scores([texts[i] for i in fold.tolist()])
     return scores
+
+
+def fit_words(texts: Sequence[str], labels: Any) -> BagOfWords:
+    """:func:`alignment.bag_of_words.fit_bag_of_words`, its refusal a GateError like every other of fitting."""
+    try:
+        return fit_bag_of_words(texts, labels)
+    except ValueError as exc:
+        raise GateError(f"The gate's bag of words cannot be fitted: {exc}.") from exc
 
 
 def cross_validated_log_loss(features: Any, labels: Any, folds: int = 5, seed: int = 0) -> float:
@@ -392,7 +400,7 @@ def fit_gate(features: Any, labels: Any, layer: int | None = None, fitted_on: di
                     "memory": base64.b64encode(unit.numpy().tobytes()).decode("ascii"),
                     "memory_labels": "".join("1" if v else "0" for v in labels.tolist())}
     if words_weight > 0:
-        readers |= {"words_weight": words_weight, "words": fit_bag_of_words(texts, labels).as_dict()}
+        readers |= {"words_weight": words_weight, "words": fit_words(texts, labels).as_dict()}
     return RefusalGate(layer=layer, mean=probe.mean.tolist(), std=probe.std.tolist(), weight=probe.weight.tolist(),
                        bias=float(probe.bias), threshold=threshold, fitted_on={**counts, **(fitted_on or {})},
                        layer_log_loss=losses, **readers)

@@ -188,6 +188,8 @@ def test_a_gate_that_reads_words_flags_requests_its_hidden_state_cannot_tell_apa
         RefusalGate(**{**reading.__dict__, "words_weight": -1.0})
     with pytest.raises(GateError, match="text of every prompt"):
         fit_gate(features, labels, layer=1, words_weight=1.0)
+    with pytest.raises(GateError, match="bag of words cannot be fitted: no term occurs"):
+        fit_gate(features, labels, layer=1, texts=[str(i) for i in range(len(texts))], words_weight=1.0)
 
 def median_gate(model, tokenizer, chats, layer: int = 1) -> tuple[RefusalGate, list[bool]]:
     """A gate on the base model that flags the chats scoring above the median of a random direction."""
