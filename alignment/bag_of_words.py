@@ -8,8 +8,8 @@ gate adds a weighted share of this model's log-odds to the probe's score (``Refu
 Features: the words of the text (lower-cased, a few English endings cut so "bombs" and "bomb" are one word) and
 each pair of neighbouring words, those in at least ``min_count`` fitting texts, weighted by inverse document
 frequency, each text's vector scaled to unit length (TF-IDF). The logistic regression is fitted by L-BFGS with an
-L2 penalty, as the probe is (alignment.probe). scikit-learn would do the same; it is not a dependency, and the
-gate file keeps the fitted model as plain JSON lists (``as_dict``/``from_dict``), not a pickle.
+L2 penalty, by the probe's own code (alignment.probe.fit_logistic). scikit-learn would do the same; it is not a
+dependency, and the gate file keeps the fitted model as plain JSON lists (``as_dict``/``from_dict``), not a pickle.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ class BagOfWords:
 
 def fit_bag_of_words(texts: Sequence[str], labels: Any, l2: float = 1e-5, min_count: int = 2,
                      max_iter: int = 300) -> BagOfWords:
-    """Fit on ``texts`` and ``labels`` (1 = harmful). ``l2`` is small because unit-length TF-IDF rows spread a
+    """Fit on ``texts`` and ``labels`` (1 = harmful) with the probe's logistic regression (alignment.probe), on
+    the TF-IDF rows as they are, not standardised. ``l2`` is small because unit-length TF-IDF rows spread a
     text's evidence thinly over its terms (a larger penalty flattens it: 0.01 flagged 54% of the gate's harmful
     prompts out of fold where 1e-5 flagged 81%, session 20)."""
-    import torch
+    from alignment.probe import fit_logistic
 
     seen = [terms(text) for text in texts]
     counts: dict[str, int] = {}
@@ -99,18 +100,5 @@ def fit_bag_of_words(texts: Sequence[str], labels: Any, l2: float = 1e-5, min_co
         raise ValueError(f"no term occurs in {min_count} or more of the {len(texts)} texts; give more prompts")
     idf = [math.log((1 + len(texts)) / (1 + counts[term])) + 1 for term in vocabulary]
     model = BagOfWords(vocabulary, idf, [0.0] * len(vocabulary), 0.0)
-    features, targets = model.features(texts), torch.as_tensor(labels, dtype=torch.float32)
-    weight = torch.zeros(len(vocabulary), requires_grad=True)
-    bias = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter)
-
-    def closure() -> Any:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(features @ weight + bias, targets)
-        loss = loss + l2 * (weight ** 2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return BagOfWords(vocabulary, idf, weight.detach().tolist(), float(bias.detach()))
+    weight, bias = fit_logistic(model.features(texts), labels, l2, max_iter)
+    return BagOfWords(vocabulary, idf, weight.tolist(), float(bias))

@@ -57,26 +57,33 @@ class LayerResult:
 
 
 def fit_probe(features: Any, labels: Any, l2: float = 1e-2, max_iter: int = 200) -> Probe:
-    """Logistic regression of ``labels`` (1 = harmful) on ``features`` (n × d)."""
+    """Logistic regression of ``labels`` (1 = harmful) on ``features`` (n × d), standardised."""
+    features = features.float()
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    weight, bias = fit_logistic((features - mean) / std, labels, l2, max_iter)
+    return Probe(mean, std, weight, bias)
+
+
+def fit_logistic(features: Any, labels: Any, l2: float, max_iter: int = 200) -> tuple[Any, Any]:
+    """Weight and bias of an L2-penalised logistic regression of ``labels`` (1 = harmful) on ``features`` as
+    given, fitted by L-BFGS (also the refusal gate's bag of words, alignment.bag_of_words)."""
     import torch
 
-    features, labels = features.float(), labels.float()
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    scaled = (features - mean) / std
-    weight = torch.zeros(scaled.shape[1], requires_grad=True)
+    labels = torch.as_tensor(labels, dtype=torch.float32)
+    weight = torch.zeros(features.shape[1], requires_grad=True)
     bias = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter)
 
     def closure() -> Any:
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(scaled @ weight + bias, labels)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(features @ weight + bias, labels)
         loss = loss + l2 * (weight ** 2).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
-    return Probe(mean, std, weight.detach(), bias.detach())
+    return weight.detach(), bias.detach()
 
 
 def auc(scores: Any, labels: Any) -> float:
