@@ -556,7 +556,7 @@ def builtin_gate_prompts() -> list[dict[str, Any]]:
 
 def builtin_gate_options() -> dict[str, Any]:
     """The recipe's gate settings, as keywords of ``alignment.gate.fit_gate_with_model``: how a gate for any
-    adapter of this app sets its threshold and whether its neighbours vote."""
+    adapter of this app sets its threshold and whether its neighbours vote and its words count."""
     recipe = _builtin_recipe()
     return {"risky_flag_rate": recipe.gate_risky_flag_rate, "neighbours": recipe.gate_neighbours,
             "neighbour_weight": recipe.gate_neighbour_weight, "words_weight": recipe.gate_words_weight}
